@@ -1,0 +1,1 @@
+"""kueue-tes: the HTTP side (API, store, queue, settings, CLI)."""

@@ -1,0 +1,43 @@
+"""GetServiceInfo."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app import services
+from app.models import ServiceInfo
+
+TES_VERSION = "1.1.0"
+
+
+def get_service_info() -> dict[str, Any]:
+    """Describe this service: GA4GH service-info plus the TES storage and parameter lists."""
+    svc = services.current()
+    settings = svc.settings
+    started = datetime.fromtimestamp(svc.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = ServiceInfo(
+        id=settings.service_id,
+        name=settings.service_name,
+        type={"group": "org.ga4gh", "artifact": "tes", "version": TES_VERSION},
+        description=settings.service_description,
+        organization={"name": settings.organization_name, "url": settings.organization_url},
+        contactUrl=settings.contact_url,
+        documentationUrl=settings.documentation_url,
+        createdAt=started,
+        updatedAt=started,
+        environment=settings.environment,
+        version=_package_version(),
+        storage=list(settings.storage),
+        tesResources_backend_parameters=list(settings.backend_parameters),
+    )
+    return info.model_dump(mode="json", exclude_none=True)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kueue-tes")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

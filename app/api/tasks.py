@@ -1,0 +1,149 @@
+"""CreateTask, GetTask, ListTasks and CancelTask."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from connexion.lifecycle import ConnexionResponse
+from pydantic import ValidationError
+
+from app import ids, problems, services, validation, views
+from app.models import State, TaskIn, View
+from app.queue import QueueError
+from app.store.base import TaskFilter, TaskRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 256
+MAX_PAGE_SIZE = 2047
+ANONYMOUS = "anonymous"
+_CANCELABLE = (State.QUEUED, State.INITIALIZING, State.RUNNING)
+
+Json = dict[str, Any]
+
+
+def now_rfc3339() -> str:
+    """Return the current UTC time as RFC 3339 with microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _principal() -> str:
+    return ANONYMOUS
+
+
+def create_task(body: Any) -> Json | ConnexionResponse:
+    """Validate, store as QUEUED, then enqueue the submission."""
+    svc = services.current()
+    if not isinstance(body, dict):
+        return problems.bad_request(validation.InvalidTask("body", "must be a JSON object"))
+    try:
+        task = TaskIn.model_validate(body)
+        notes = validation.check_task(
+            task, svc.settings.backend_parameters, svc.settings.max_content_bytes
+        )
+    except ValidationError as exc:
+        return problems.bad_request(validation.from_pydantic(exc))
+    except validation.InvalidTask as exc:
+        return problems.bad_request(exc)
+    task_id = ids.new_id()
+    doc = task.model_dump(mode="json", exclude_none=True)
+    doc.update(id=task_id, state=State.QUEUED.value, creation_time=now_rfc3339())
+    svc.store.create(
+        TaskRecord(id=task_id, state=State.QUEUED, owner=_principal(), doc=doc, notes=notes)
+    )
+    for note in notes:
+        log.info("task %s: %s", task_id, note)
+    try:
+        svc.queue.submit(task_id)
+    except QueueError as exc:
+        # The task is stored; the watcher's sweep re-enqueues QUEUED tasks without a Job.
+        log.warning("task %s: %s; the sweep will submit it later", task_id, exc)
+    log.info("task %s: created", task_id)
+    return {"id": task_id}
+
+
+def get_task(id: str, view: str = View.MINIMAL.value) -> Json | ConnexionResponse:
+    """Return one task in the requested view."""
+    svc = services.current()
+    record = svc.store.get(id, owner=None)
+    if record is None:
+        return problems.not_found(id)
+    return views.render(record.doc, View(view))
+
+
+def _token(task_id: str) -> str:
+    return base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
+
+
+def _untoken(token: str) -> str:
+    try:
+        task_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        task_id = ""
+    if not ids.is_valid(task_id):
+        raise validation.InvalidTask(
+            "page_token", "not a token this server issued; pass next_page_token unchanged"
+        )
+    return task_id
+
+
+def _tag_filter(tag_key: list[str] | None, tag_value: list[str] | None) -> dict[str, str]:
+    keys, values = tag_key or [], tag_value or []
+    if len(values) > len(keys):
+        raise validation.InvalidTask("tag_value", "more tag_value than tag_key parameters")
+    return {key: values[i] if i < len(values) else "" for i, key in enumerate(keys)}
+
+
+def list_tasks(
+    name_prefix: str | None = None,
+    state: str | None = None,
+    tag_key: list[str] | None = None,
+    tag_value: list[str] | None = None,
+    page_size: int | None = None,
+    page_token: str | None = None,
+    view: str = View.MINIMAL.value,
+) -> Json | ConnexionResponse:
+    """List tasks newest first, filtered, one page at a time."""
+    svc = services.current()
+    size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+    try:
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise validation.InvalidTask(
+                "page_size", f"{size} is out of range; use 1 to {MAX_PAGE_SIZE}"
+            )
+        flt = TaskFilter(
+            name_prefix=name_prefix or None,
+            state=State(state) if state else None,
+            tags=_tag_filter(tag_key, tag_value),
+            owner=None,
+        )
+        before = _untoken(page_token) if page_token else None
+    except validation.InvalidTask as exc:
+        return problems.bad_request(exc)
+    chosen = View(view)
+    page = svc.store.list(flt, size, before=before, minimal=chosen is View.MINIMAL)
+    body: Json = {"tasks": [views.render(r.doc, chosen) for r in page.records]}
+    if page.more and page.records:
+        body["next_page_token"] = _token(page.records[-1].id)
+    return body
+
+
+def cancel_task(id: str) -> Json | ConnexionResponse:
+    """Move an active task to CANCELING and enqueue the cancel; terminal tasks are left as is."""
+    svc = services.current()
+    record = svc.store.get(id, owner=None)
+    if record is None:
+        return problems.not_found(id)
+    if svc.store.transition(id, State.CANCELING, expect=_CANCELABLE):
+        log.info("task %s: CANCELING", id)
+    try:
+        # Enqueue also when the task already was CANCELING: a lost cancel is then retried.
+        if record.state in _CANCELABLE or record.state is State.CANCELING:
+            svc.queue.cancel(id)
+    except QueueError as exc:
+        log.warning("task %s: %s; the sweep will cancel it later", id, exc)
+    return {}

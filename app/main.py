@@ -1,0 +1,148 @@
+"""create_app(settings): the Connexion app that serves our TES 1.1 spec (design section 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import connexion
+from connexion.exceptions import BadRequestProblem
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import MiddlewarePosition
+from connexion.resolver import Resolver
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import problems, queue, services, store
+from app.settings import Settings
+from app.store.base import StoreError, TaskStore
+
+log = logging.getLogger(__name__)
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "openapi"
+SPEC_FILE = "tes.yaml"
+BASE_PATHS = ("/ga4gh/tes/v1", "/v1")
+
+_HANDLERS = {
+    "GetServiceInfo": "app.api.service.get_service_info",
+    "ListTasks": "app.api.tasks.list_tasks",
+    "CreateTask": "app.api.tasks.create_task",
+    "GetTask": "app.api.tasks.get_task",
+    "CancelTask": "app.api.tasks.cancel_task",
+}
+
+
+class _OperationResolver(Resolver):
+    """Map the spec's operationIds (CreateTask, ...) to our handler functions."""
+
+    def resolve_operation_id(self, operation: Any) -> str:
+        return _HANDLERS[operation.operation_id]
+
+
+class _NamedParameterValidator(ParameterValidator):
+    """Connexion's parameter checks, with errors that name the parameter in one line."""
+
+    @staticmethod
+    def validate_parameter(
+        parameter_type: str, value: Any, param: dict[str, Any], param_name: str | None = None
+    ) -> str | None:
+        error: str | None = ParameterValidator.validate_parameter(
+            parameter_type, value, param, param_name
+        )
+        if error and not error.startswith("Missing"):
+            return f"{param['name']}: {error.splitlines()[0]}"
+        return error
+
+
+def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
+    class _LimitedJSONBody(JSONRequestBodyValidator):
+        """Parse JSON within the size limit; the schema is checked by Pydantic in the handler,
+        which is lenient where the spec's JSON schema is not (null tags, fractional cores)."""
+
+        async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in stream:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BadRequestProblem(
+                        detail=f"body: over the limit of {max_bytes} bytes; "
+                        "move large inputs behind a url"
+                    )
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+            if not raw:
+                return None
+            try:
+                return json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BadRequestProblem(detail=f"body: not valid JSON ({exc})") from exc
+
+        def _validate(self, body: Any) -> dict[str, Any] | None:
+            if body is None:
+                raise BadRequestProblem(detail="body: a task is required")
+            return None
+
+    return _LimitedJSONBody
+
+
+class _LegacyServiceInfo:
+    """Serve py-tes 0.4's `GET /v1/tasks/service-info` as `/v1/service-info`.
+
+    It must be rewritten before routing, where it would otherwise be GetTask("service-info").
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/v1/tasks/service-info":
+            scope = dict(scope, path="/v1/service-info", raw_path=b"/v1/service-info")
+        await self.app(scope, receive, send)
+
+
+def _store_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+    return problems.problem(
+        503, "Service Unavailable", "the task store is unavailable; retry shortly"
+    )
+
+
+def create_app(
+    settings: Settings,
+    task_store: TaskStore | None = None,
+    task_queue: queue.TaskQueue | None = None,
+) -> connexion.FlaskApp:
+    """Build the API app; the store and queue default to those the settings name."""
+    if settings.auth == "none":
+        log.warning("authentication is off (KUEUE_TES_AUTH=none): anyone can use this server")
+    validators = dict(VALIDATOR_MAP)
+    validators["parameter"] = _NamedParameterValidator
+    body = dict(VALIDATOR_MAP["body"])
+    body["*/*json"] = _body_validator(settings.max_body_bytes)
+    validators["body"] = type(VALIDATOR_MAP["body"])(body)
+
+    app = connexion.FlaskApp(__name__, specification_dir=SPEC_DIR)
+    for base_path in BASE_PATHS:
+        app.add_api(
+            SPEC_FILE,
+            base_path=base_path,
+            name=base_path.strip("/").replace("/", "_"),
+            resolver=_OperationResolver(),
+            validator_map=validators,
+            validate_responses=False,
+            strict_validation=False,
+            swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui=False),
+        )
+    app.add_middleware(_LegacyServiceInfo, position=MiddlewarePosition.BEFORE_SWAGGER)
+    app.add_error_handler(StoreError, _store_unavailable)
+    app.app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.app.extensions[services.EXTENSION] = services.Services(
+        settings=settings,
+        store=task_store or store.open_store(settings),
+        queue=task_queue or queue.TaskQueue(settings, queue.connect(settings)),
+    )
+    return app

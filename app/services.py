@@ -1,0 +1,30 @@
+"""What the HTTP handlers share within one app: settings, store, queue."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import flask
+
+from app.queue import TaskQueue
+from app.settings import Settings
+from app.store.base import TaskStore
+
+EXTENSION = "kueue_tes"
+
+
+@dataclass
+class Services:
+    """The app's collaborators, created by create_app and kept on the Flask app."""
+
+    settings: Settings
+    store: TaskStore
+    queue: TaskQueue
+    started_at: float = field(default_factory=time.time)
+
+
+def current() -> Services:
+    """Return the Services of the app serving this request."""
+    services: Services = flask.current_app.extensions[EXTENSION]
+    return services

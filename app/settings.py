@@ -1,0 +1,117 @@
+"""The one Settings object: every knob of kueue-tes, read from ``KUEUE_TES_*`` variables.
+
+Each field is documented here and only here; ``kueue-tes settings`` prints this table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The backend_parameters keys the service understands (design §10).
+DEFAULT_BACKEND_PARAMETERS = ["queue", "priority_class", "gpus", "gpu_type", "max_run_seconds"]
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "kueue-tes"
+
+
+class Settings(BaseSettings):
+    """Configuration of every kueue-tes process, from ``KUEUE_TES_<FIELD>`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="KUEUE_TES_", extra="ignore", frozen=True)
+
+    # -- where things live ------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Directory for the embedded SQLite store and local runtime state.",
+    )
+    mongo_uri: str | None = Field(
+        default=None,
+        description="MongoDB connection URI. Set it to use MongoDB; unset means embedded SQLite.",
+    )
+    mongo_database: str = Field(default="kueue_tes", description="MongoDB database name.")
+    sqlite_path: Path | None = Field(
+        default=None,
+        description="SQLite file of the embedded store; default: <data_dir>/tasks.db.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description=(
+            "Redis URL of the RQ queues (redis://host:6379/0). Unset means an embedded, "
+            "in-process Redis-compatible queue, served by the worker thread of `kueue-tes serve`."
+        ),
+    )
+    rq_queue: str = Field(default="kueue-tes", description="RQ queue that carries submit jobs.")
+    rq_cancel_queue: str = Field(
+        default="kueue-tes-high",
+        description="RQ queue that carries cancel jobs; workers drain it before submit jobs.",
+    )
+
+    # -- HTTP -------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    port: int = Field(default=8000, description="Port the API listens on.")
+    workers: int = Field(default=2, description="gunicorn worker processes of `kueue-tes api`.")
+    max_body_bytes: int = Field(
+        default=786_432,
+        description=(
+            "Largest CreateTask body accepted (bytes). It keeps a task inside one ConfigMap "
+            "(1 MiB) with room for our own fields."
+        ),
+    )
+    max_content_bytes: int = Field(
+        default=262_144,
+        description="Largest inline `content` of one input (bytes, UTF-8).",
+    )
+
+    # -- what the service offers --------------------------------------------------------------
+    backend_parameters: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_BACKEND_PARAMETERS),
+        description=(
+            "backend_parameters keys honoured (comma-separated). Other keys are dropped with a "
+            "system log, or rejected with 400 when the task sets backend_parameters_strict."
+        ),
+    )
+    storage: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URL prefixes this deployment can reach, listed in service-info (comma-separated).",
+    )
+    service_id: str = Field(default="org.kueue-tes.tes", description="service-info `id`.")
+    service_name: str = Field(default="kueue-tes", description="service-info `name`.")
+    service_description: str = Field(
+        default="GA4GH TES 1.1 on Kubernetes; Kueue admits whole tasks.",
+        description="service-info `description`.",
+    )
+    organization_name: str = Field(
+        default="kueue-tes", description="service-info `organization.name`."
+    )
+    organization_url: str = Field(
+        default="https://example.org/kueue-tes", description="service-info `organization.url`."
+    )
+    contact_url: str | None = Field(default=None, description="service-info `contactUrl`.")
+    documentation_url: str | None = Field(
+        default=None, description="service-info `documentationUrl`."
+    )
+    environment: str | None = Field(default=None, description="service-info `environment`.")
+
+    # -- security -----------------------------------------------------------------------------
+    auth: Literal["none"] = Field(
+        default="none",
+        description="Authentication mode. `none` serves everyone as the principal `anonymous`.",
+    )
+
+    log_level: str = Field(default="INFO", description="Log level of every process.")
+
+    def store_path(self) -> Path:
+        """Return the SQLite file the embedded store uses."""
+        return self.sqlite_path or self.data_dir / "tasks.db"
+
+    @field_validator("backend_parameters", "storage", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

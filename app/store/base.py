@@ -1,0 +1,123 @@
+"""The task store contract: records, filters, the transition table and the TaskStore protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.models import State
+
+#: States a task never leaves.
+TERMINAL: frozenset[State] = frozenset(
+    {State.COMPLETE, State.EXECUTOR_ERROR, State.SYSTEM_ERROR, State.CANCELED, State.PREEMPTED}
+)
+
+_ACTIVE = frozenset({State.QUEUED, State.INITIALIZING, State.RUNNING})
+
+#: For each target state, the states a task may move to it from. Nothing else is allowed:
+#: a terminal state never changes, and CANCELING only ever ends in CANCELED, so a cancel
+#: wins over progress reported late. Preemption returns a task to QUEUED (design section 10).
+ALLOWED_FROM: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.INITIALIZING, State.RUNNING}),
+    State.INITIALIZING: frozenset({State.QUEUED}),
+    State.RUNNING: frozenset({State.QUEUED, State.INITIALIZING}),
+    State.COMPLETE: _ACTIVE,
+    State.EXECUTOR_ERROR: _ACTIVE,
+    State.SYSTEM_ERROR: _ACTIVE,
+    State.CANCELING: _ACTIVE,
+    State.CANCELED: frozenset({State.CANCELING}),
+}
+
+
+def allowed_from(to: State, expect: Iterable[State] | None = None) -> frozenset[State]:
+    """Return the states from which a move to ``to`` is allowed, narrowed to ``expect``."""
+    allowed = ALLOWED_FROM.get(to, frozenset())
+    return allowed if expect is None else allowed & frozenset(expect)
+
+
+@dataclass
+class TaskRecord:
+    """One stored task.
+
+    ``doc`` is the task's TES JSON as the FULL view shows it (``id``, ``state``,
+    ``creation_time``, ``logs`` included; ``logs`` absent until the first attempt).
+    ``owner`` and ``notes`` are ours and never leave the server: ``notes`` are system logs
+    found before any attempt exists (e.g. a dropped backend parameter); the store prepends
+    them to the first attempt's ``system_logs``.
+    """
+
+    id: str
+    state: State
+    owner: str
+    doc: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """ListTasks filters, ANDed. A tag whose value is "" matches any value of that key."""
+
+    name_prefix: str | None = None
+    state: State | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of tasks, newest first, and whether more follow the last one."""
+
+    records: list[TaskRecord]
+    more: bool
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (the database is unreachable, say)."""
+
+
+class TaskStore(Protocol):
+    """Durable record of tasks. Every state change is one compare-and-set."""
+
+    def create(self, record: TaskRecord) -> None:
+        """Store a new task; its id must be new."""
+        ...
+
+    def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
+        """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
+        ...
+
+    def list(
+        self,
+        flt: TaskFilter,
+        page_size: int,
+        before: str | None = None,
+        minimal: bool = False,
+    ) -> Page:
+        """Return up to ``page_size`` matching tasks with ids below ``before``, newest first.
+
+        With ``minimal`` the records' ``doc`` holds only ``id`` and ``state``.
+        """
+        ...
+
+    def transition(
+        self, task_id: str, to: State, expect: Iterable[State] | None = None
+    ) -> bool:
+        """Move the task to ``to`` if its state is in ``allowed_from(to, expect)``."""
+        ...
+
+    def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
+        """Append one TES TaskLog (notes first in its system_logs); return its index."""
+        ...
+
+    def update_attempt(self, task_id: str, index: int, changes: dict[str, Any]) -> bool:
+        """Set top-level fields of the attempt at ``index``; False if it does not exist."""
+        ...
+
+    def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> list[str]:
+        """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

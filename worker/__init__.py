@@ -1,0 +1,1 @@
+"""kueue-tes: the cluster side (RQ jobs, job specs, cluster backends, watcher, sequencer)."""
