@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings) -> None:
     """Run API, queue and worker in this one process, on the embedded store and queue."""
+    # Connexion imports Starlette's test client, which warns about httpx on every start.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     import uvicorn
 
     from app import queue, store
@@ -41,19 +44,18 @@ def serve(settings: Settings) -> None:
     task_store = store.open_store(settings)
     connection = queue.connect(settings)
     context.install(context.Context(settings=settings, store=task_store))
-    _, stop = queue.start_thread_worker(settings, connection)
+    queue.start_thread_worker(settings, connection)
     app = create_app(settings, task_store, queue.TaskQueue(settings, connection))
     log.info(
         "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s)",
         settings.host,
         settings.port,
-        settings.mongo_uri and "MongoDB" or settings.store_path(),
+        (settings.mongo_uri and "MongoDB") or settings.store_path(),
         settings.redis_url or "embedded",
     )
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
-        stop.set()
         task_store.close()
 
 

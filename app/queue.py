@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
 
 import fakeredis
 import redis
@@ -109,23 +108,18 @@ def run_worker(settings: Settings, connection: redis.Redis, burst: bool = False)
     worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
 
 
-def start_thread_worker(
-    settings: Settings, connection: redis.Redis, on_stop: Callable[[], Any] | None = None
-) -> tuple[threading.Thread, threading.Event]:
-    """Start an in-process worker thread; set the returned event to stop it."""
-    stop = threading.Event()
+def start_thread_worker(settings: Settings, connection: redis.Redis) -> threading.Thread:
+    """Start an in-process worker thread (a daemon: it ends with the process)."""
     worker = _ThreadWorker(_queues(settings, connection), connection=connection)
 
     def loop() -> None:
-        while not stop.is_set():
+        while True:
             try:
-                worker.work(burst=True, logging_level=settings.log_level, with_scheduler=False)
+                worker.work(logging_level="WARNING", with_scheduler=False)
             except Exception:
                 log.exception("embedded queue worker failed; restarting it")
-            stop.wait(0.05)
-        if on_stop is not None:
-            on_stop()
+            time.sleep(1)
 
     thread = threading.Thread(target=loop, name="kueue-tes-worker", daemon=True)
     thread.start()
-    return thread, stop
+    return thread

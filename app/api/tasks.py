@@ -117,7 +117,9 @@ def list_tasks(
             )
         flt = TaskFilter(
             name_prefix=name_prefix or None,
-            state=State(state) if state else None,
+            # The spec gives the state parameter tesState's default, UNKNOWN, which Connexion
+            # fills in when absent; no task is ever UNKNOWN, so it means "any state".
+            state=State(state) if state and state != State.UNKNOWN.value else None,
             tags=_tag_filter(tag_key, tag_value),
             owner=None,
         )

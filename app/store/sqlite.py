@@ -1,0 +1,400 @@
+"""The embedded task store: one SQLite file in WAL mode, shared by threads and processes."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.models import State
+from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
+
+# `doc` is the last column: a large doc spills into overflow pages, and columns stored after
+# it would have to be read from there too.
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT,
+    notes TEXT NOT NULL DEFAULT '[]',
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, id, state);
+CREATE INDEX IF NOT EXISTS tasks_owner_state ON tasks (owner, state, id);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, id);
+CREATE INDEX IF NOT EXISTS tasks_owner_name ON tasks (owner, name, id);
+CREATE TABLE IF NOT EXISTS tags (
+    task_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (task_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_key ON tags (key, task_id);
+CREATE INDEX IF NOT EXISTS tags_kv ON tags (key, value, task_id);
+CREATE INDEX IF NOT EXISTS tags_owner_key ON tags (owner, key, task_id);
+CREATE INDEX IF NOT EXISTS tags_owner_kv ON tags (owner, key, value, task_id);
+COMMIT;
+"""
+
+#: Past this many matches a filter is "dense": scanning in id order finds a page sooner than
+#: sorting every match. Below it, driving the query from that filter's index is cheap.
+_DENSE = 1000
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """One way to drive a listing: an index scanned under ``terms`` (columns, no alias)."""
+
+    index: str | None
+    terms: tuple[str, ...]
+    params: tuple[Any, ...]
+    ordered: bool  # the index yields ids newest first, so no sort is needed
+    covers: str = ""  # the tasks filter ("state", "name") the index applies itself
+    tag: str | None = None  # the tag key this stream serves (it drives from the tags table)
+
+    def where(self, alias: str) -> str:
+        """Return the terms as one condition on table ``alias``."""
+        return " AND ".join(f"{alias}.{term}" for term in self.terms) or "1"
+
+
+class _Holder:
+    """One thread's connection; a weakly referenceable box so close() can find it."""
+
+    __slots__ = ("__weakref__", "db", "pid")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.pid = os.getpid()
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise StoreError(f"{what}: it already exists") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """Return the least string above every string that starts with ``prefix`` (None: none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code <= 0x10FFFF:
+            if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored as UTF-8
+                code = 0xE000
+            return "".join(chars) + chr(code)
+    return None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class SqliteStore:
+    """TaskStore on one SQLite file: one connection per thread, WAL so readers never block."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 30_000) -> None:
+        """Open (and create, with its parent directories) the store file at ``path``."""
+        self._path = Path(path)
+        self._busy_ms = int(busy_timeout_ms)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        self._forked: list[_Holder] = []
+        self._closed = False
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {self._path}: {exc}") from exc
+        with _translated(f"cannot open the task store {self._path}"):
+            db = self._db()
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"{self._path} cannot use WAL mode (got {mode!r}); put it on a local disk"
+                )
+            db.executescript(_SCHEMA)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the task store is closed")
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            if holder.pid == os.getpid():
+                return holder.db
+            # Inherited across fork: closing it here could drop the parent's file locks
+            # (SQLite's "don't carry a connection across fork"), so abandon it, never close.
+            self._forked.append(holder)
+        db = sqlite3.connect(
+            self._path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        # In WAL mode NORMAL never corrupts; a power cut may lose the last commits only.
+        db.execute("PRAGMA synchronous = NORMAL")
+        holder = _Holder(db)
+        self._local.holder = holder
+        with self._lock:
+            self._holders.add(holder)
+        return db
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: a read-then-write transaction that started
+        # deferred could fail with SQLITE_BUSY_SNAPSHOT instead of waiting its turn.
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- the TaskStore protocol -------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> None:
+        """Store a new task; its id must be new."""
+        doc = {key: value for key, value in record.doc.items() if key != "state"}
+        tags: dict[str, Any] = doc.get("tags") or {}
+        with _translated(f"cannot create task {record.id}"), self._immediate() as db:
+            db.execute(
+                "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    State(record.state).value,
+                    record.owner,
+                    doc.get("name"),
+                    _dumps(list(record.notes)),
+                    _dumps(doc),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO tags (task_id, key, value, owner) VALUES (?, ?, ?, ?)",
+                [(record.id, key, str(value), record.owner) for key, value in tags.items()],
+            )
+
+    def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
+        """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
+        with _translated(f"cannot read task {task_id}"):
+            row = (
+                self._db()
+                .execute("SELECT id, state, owner, notes, doc FROM tasks WHERE id = ?", (task_id,))
+                .fetchone()
+            )
+        if row is None or (owner is not None and row[2] != owner):
+            return None
+        return _record(row)
+
+    def list(
+        self,
+        flt: TaskFilter,
+        page_size: int,
+        before: str | None = None,
+        minimal: bool = False,
+    ) -> Page:
+        """Return up to ``page_size`` matching tasks with ids below ``before``, newest first.
+
+        With ``minimal`` the records' ``doc`` holds only ``id`` and ``state``, and their
+        ``owner`` is the filter's owner (or "") because the hot path reads no more columns.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        with _translated("cannot list tasks"):
+            db = self._db()
+            stream = _choose(db, *_streams(flt, before))
+            sql, params = _listing(stream, flt, minimal)
+            rows = db.execute(sql, (*params, page_size + 1)).fetchall()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        if minimal:
+            owner = flt.owner or ""
+            records = [
+                TaskRecord(id=i, state=State(s), owner=owner, doc={"id": i, "state": s})
+                for i, s in rows
+            ]
+        else:
+            records = [_record(row) for row in rows]
+        return Page(records=records, more=more)
+
+    def transition(self, task_id: str, to: State, expect: Iterable[State] | None = None) -> bool:
+        """Move the task to ``to`` if its state is in ``allowed_from(to, expect)``."""
+        allowed = sorted(state.value for state in allowed_from(to, expect))
+        if not allowed:
+            return False
+        marks = ", ".join("?" * len(allowed))
+        with _translated(f"cannot move task {task_id} to {to.value}"):
+            cur = self._db().execute(
+                f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})",
+                (to.value, task_id, *allowed),
+            )
+        return cur.rowcount == 1
+
+    def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
+        """Append one TES TaskLog (notes first in its system_logs); return its index."""
+        with _translated(f"cannot add an attempt to task {task_id}"), self._immediate() as db:
+            row = db.execute("SELECT notes, doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"cannot add an attempt to task {task_id}: no such task")
+            notes: list[str] = json.loads(row[0])
+            doc: dict[str, Any] = json.loads(row[1])
+            logs: list[dict[str, Any]] = doc.setdefault("logs", [])
+            entry = dict(tasklog)
+            first = not logs
+            if first and notes:
+                entry["system_logs"] = [*notes, *(entry.get("system_logs") or [])]
+            logs.append(entry)
+            db.execute(
+                "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?",
+                (_dumps(doc), "[]" if first else row[0], task_id),
+            )
+            return len(logs) - 1
+
+    def update_attempt(self, task_id: str, index: int, changes: dict[str, Any]) -> bool:
+        """Set top-level fields of the attempt at ``index``; False if it does not exist."""
+        if index < 0:
+            return False
+        what = f"cannot update attempt {index} of task {task_id}"
+        with _translated(what), self._immediate() as db:
+            row = db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return False
+            doc: dict[str, Any] = json.loads(row[0])
+            logs: list[dict[str, Any]] = doc.get("logs") or []
+            if index >= len(logs):
+                return False
+            logs[index].update(changes)
+            db.execute("UPDATE tasks SET doc = ? WHERE id = ?", (_dumps(doc), task_id))
+        return True
+
+    def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
+        """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
+        values = sorted({State(state).value for state in states})
+        if not values or limit < 1:
+            return []
+        marks = ", ".join("?" * len(values))
+        with _translated("cannot list tasks by state"):
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT id FROM tasks WHERE state IN ({marks}) ORDER BY id LIMIT ?",
+                    (*values, limit),
+                )
+                .fetchall()
+            )
+        return [row[0] for row in rows]
+
+    def close(self) -> None:
+        """Close every thread's connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            holders = [holder for holder in self._holders if holder.pid == os.getpid()]
+            self._holders = weakref.WeakSet()
+        for holder in holders:
+            holder.db.close()
+
+
+def _record(row: tuple[Any, ...]) -> TaskRecord:
+    task_id, state, owner, notes, doc = row
+    full: dict[str, Any] = {"id": task_id, "state": state}
+    full.update(json.loads(doc))
+    return TaskRecord(
+        id=task_id, state=State(state), owner=owner, doc=full, notes=json.loads(notes)
+    )
+
+
+def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Stream]:
+    """Return the filters' own index streams, and the plain id-order stream to fall back on."""
+    own: tuple[str, ...] = ("owner = ?",) if flt.owner is not None else ()
+    own_p: tuple[Any, ...] = (flt.owner,) if flt.owner is not None else ()
+    lt: tuple[str, ...] = ("id < ?",) if before else ()
+    lt_p: tuple[Any, ...] = (before,) if before else ()
+    pre = "owner_" if own else ""
+    streams: list[_Stream] = []
+    for key, value in flt.tags.items():
+        kv: tuple[str, ...] = ("value = ?",) if value else ()
+        terms = (*own, "key = ?", *kv, *(f"task_{term}" for term in lt))
+        params = (*own_p, key, *((value,) if value else ()), *lt_p)
+        index = f"tags_{pre}{'kv' if value else 'key'}"
+        streams.append(_Stream(index, terms, params, ordered=True, tag=key))
+    if flt.state is not None:
+        terms, params = (*own, "state = ?", *lt), (*own_p, flt.state.value, *lt_p)
+        streams.append(_Stream(f"tasks_{pre}state", terms, params, True, covers="state"))
+    if flt.name_prefix:
+        end = _prefix_end(flt.name_prefix)
+        upper: tuple[str, ...] = ("name < ?",) if end is not None else ()
+        terms = (*own, "name >= ?", *upper, *lt)
+        params = (*own_p, flt.name_prefix, *((end,) if end is not None else ()), *lt_p)
+        streams.append(_Stream(f"tasks_{pre}name", terms, params, False, covers="name"))
+    base = _Stream("tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p), ordered=True)
+    return streams, base
+
+
+def _choose(db: sqlite3.Connection, streams: list[_Stream], base: _Stream) -> _Stream:
+    """Pick the stream that finds a page soonest, counting each filter's matches up to a cap."""
+    if not streams:
+        return base
+    if len(streams) == 1 and streams[0].ordered:
+        return streams[0]
+    best, best_count = None, _DENSE
+    for stream in streams:
+        table = "tags" if stream.tag is not None else "tasks"
+        count = db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} AS s INDEXED BY {stream.index}"
+            f" WHERE {stream.where('s')} LIMIT {_DENSE})",
+            stream.params,
+        ).fetchone()[0]
+        if count < best_count:
+            best, best_count = stream, count
+    if best is not None:
+        return best
+    # Every filter is dense: scan newest first along an ordered one and filter the rest.
+    return next((stream for stream in streams if stream.ordered), base)
+
+
+def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tuple[Any, ...]]:
+    """Return the listing SQL driven by ``stream`` and its parameters (less the LIMIT)."""
+    cols = "t.id, t.state" if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
+    index = f" INDEXED BY {stream.index}" if stream.index else ""
+    if stream.tag is not None:
+        source = f"tags AS g{index} CROSS JOIN tasks AS t ON t.id = g.task_id"
+        where, order = [stream.where("g")], "g.task_id"
+    else:
+        source, where, order = f"tasks AS t{index}", [stream.where("t")], "t.id"
+    params: list[Any] = list(stream.params)
+    # A leading + keeps a term off the indexes, so SQLite drives from the chosen one only.
+    if flt.state is not None and stream.covers != "state":
+        where.append("+t.state = ?")
+        params.append(flt.state.value)
+    if flt.name_prefix and stream.covers != "name":
+        where.append("+t.name >= ?")
+        params.append(flt.name_prefix)
+        end = _prefix_end(flt.name_prefix)
+        if end is not None:
+            where.append("+t.name < ?")
+            params.append(end)
+    for key, value in flt.tags.items():
+        if key == stream.tag:
+            continue
+        kv = " AND x.value = ?" if value else ""
+        where.append(f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = t.id AND x.key = ?{kv})")
+        params.extend((key, value) if value else (key,))
+    sql = f"SELECT {cols} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order} DESC LIMIT ?"
+    return sql, tuple(params)

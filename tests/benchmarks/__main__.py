@@ -1,0 +1,94 @@
+"""Run the benchmarks and print their ratios: ``python -m tests.benchmarks [names...]``.
+
+Every figure is compared with a reference measured in the same run on the same machine;
+timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+from app.settings import Settings
+from tests.benchmarks import api
+from tests.benchmarks.harness import LoadGenerator, Row, load_generator, machine, note, table
+
+#: Each benchmark's name, title and runner.
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], list[Row]]]] = {
+    "throughput": (
+        "Throughput through gunicorn (same server settings for all)",
+        lambda args, gen: api.throughput(gen, args.workers),
+    ),
+    "list": (
+        f"Latency over {api.seed.TASKS:,} stored tasks, one page of {api.PAGE_SIZE} "
+        "(median of sequential requests on one keep-alive connection; [n] = matching tasks)",
+        lambda args, gen: api.listing(args.workers, args.max_seconds),
+    ),
+}
+#: Names that stand for several benchmarks.
+GROUPS = {"api": ["throughput", "list"], "all": list(BENCHMARKS)}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="name",
+        help=f"benchmarks to run: {', '.join([*BENCHMARKS, *GROUPS])} (default: all)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=Settings.model_fields["workers"].default,
+        help="gunicorn workers of every server (default: the KUEUE_TES_WORKERS default)",
+    )
+    parser.add_argument("--connections", type=int, default=16, help="load connections")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
+    parser.add_argument(
+        "--max-seconds", type=float, default=3.0, help="time cap of each latency measurement"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks; return 1 if one could not run."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS and name not in GROUPS]
+    if unknown:
+        known = ", ".join([*BENCHMARKS, *GROUPS])
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {known}")
+    names: list[str] = []
+    for name in args.names or ["all"]:
+        for each in GROUPS.get(name, [name]):
+            if each not in names:
+                names.append(each)
+    gen = load_generator(args.connections, args.duration, args.warmup)
+    print(
+        f"kueue-tes benchmarks | machine: {machine()} | load generator: "
+        f"{gen.label if 'throughput' in names else 'none'} | server: gunicorn, "
+        f"{args.workers} uvicorn workers, access log off, keep-alive"
+    )
+    failed = 0
+    for name in names:
+        title, run = BENCHMARKS[name]
+        started = time.monotonic()
+        try:
+            rows = run(args, gen)
+        except Exception as exc:
+            failed += 1
+            print(f"\n{title}\n  could not run: {exc}")
+            continue
+        note(f"{name}: {time.monotonic() - started:.0f} s")
+        print()
+        print(table(title, rows), flush=True)
+    print("\nTimings are measurements, not assertions; ok? only compares with the design targets.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

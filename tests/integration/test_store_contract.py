@@ -1,0 +1,410 @@
+"""One contract for every TaskStore: SQLite on a real file, MongoDB (mongomock or a real server)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+
+from app import ids
+from app.models import State
+from app.store import open_store
+from app.store.base import ALLOWED_FROM, TERMINAL, StoreError, TaskFilter, TaskRecord, TaskStore
+from app.store.mongo import MongoStore
+from app.store.sqlite import SqliteStore
+from tests.conftest import make_settings
+
+MONGO_URI = os.environ.get("KUEUE_TES_MONGO_URI")
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    """A fresh, empty store of each kind."""
+    if request.param == "sqlite":
+        sqlite_store = SqliteStore(tmp_path / "sub" / "tasks.db")
+        yield sqlite_store
+        sqlite_store.close()
+        return
+    if MONGO_URI:
+        database = f"kueue_tes_test_{uuid.uuid4().hex}"
+        real = MongoStore.from_uri(MONGO_URI, database)
+        yield real
+        real._client.drop_database(database)
+        real.close()
+        return
+    yield MongoStore(mongomock.MongoClient(), "kueue_tes_test")
+
+
+def record(
+    state: State = State.QUEUED,
+    owner: str = "alice",
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    notes: list[str] | None = None,
+) -> TaskRecord:
+    """A new task record with a fresh id."""
+    task_id = ids.new_id()
+    doc: dict[str, Any] = {
+        "id": task_id,
+        "state": state.value,
+        "executors": [{"image": "alpine", "command": ["echo", "hi"]}],
+        "creation_time": "2024-01-01T00:00:00Z",
+    }
+    if name is not None:
+        doc["name"] = name
+    if tags is not None:
+        doc["tags"] = tags
+    return TaskRecord(id=task_id, state=state, owner=owner, doc=doc, notes=list(notes or []))
+
+
+def add(store: TaskStore, **kwargs: Any) -> str:
+    """Create a task and return its id."""
+    rec = record(**kwargs)
+    store.create(rec)
+    return rec.id
+
+
+def listed(store: TaskStore, flt: TaskFilter, page_size: int = 1000) -> list[str]:
+    """Every id matching ``flt``, walking all pages."""
+    out: list[str] = []
+    before: str | None = None
+    while True:
+        page = store.list(flt, page_size, before=before, minimal=True)
+        out += [r.id for r in page.records]
+        if not page.more:
+            return out
+        before = page.records[-1].id
+
+
+# -- create / get -------------------------------------------------------------------------
+
+
+def test_create_get_round_trip(store: TaskStore) -> None:
+    rec = record(name="n", tags={"a": "1"}, notes=["dropped x"])
+    store.create(rec)
+    got = store.get(rec.id)
+    assert got is not None
+    assert got.id == rec.id
+    assert got.state is State.QUEUED
+    assert got.owner == "alice"
+    assert got.notes == ["dropped x"]
+    assert got.doc == rec.doc
+    assert got.doc["state"] == "QUEUED"
+    assert "owner" not in got.doc and "notes" not in got.doc
+    assert store.get(ids.new_id()) is None
+
+
+def test_state_in_doc_follows_the_state(store: TaskStore) -> None:
+    task_id = add(store)
+    assert store.transition(task_id, State.RUNNING)
+    got = store.get(task_id)
+    assert got is not None and got.state is State.RUNNING and got.doc["state"] == "RUNNING"
+
+
+def test_duplicate_create_raises(store: TaskStore) -> None:
+    rec = record()
+    store.create(rec)
+    with pytest.raises(StoreError):
+        store.create(rec)
+
+
+def test_get_with_owner(store: TaskStore) -> None:
+    task_id = add(store, owner="alice")
+    assert store.get(task_id, owner="alice") is not None
+    assert store.get(task_id, owner="bob") is None
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+def test_list_newest_first_with_pages(store: TaskStore) -> None:
+    made = [add(store) for _ in range(7)]
+    page = store.list(TaskFilter(), 10)
+    assert [r.id for r in page.records] == made[::-1] and not page.more
+    page = store.list(TaskFilter(), 3)
+    assert [r.id for r in page.records] == made[::-1][:3] and page.more
+    page = store.list(TaskFilter(), 7)
+    assert len(page.records) == 7 and not page.more
+
+
+def test_keyset_pagination_yields_each_once(store: TaskStore) -> None:
+    made = [add(store) for _ in range(23)]
+    for size in (1, 4, 5, 23, 50):
+        assert listed(store, TaskFilter(), size) == made[::-1]
+
+
+def test_full_listing_returns_docs(store: TaskStore) -> None:
+    task_id = add(store, name="x", tags={"k": "v"})
+    [got] = store.list(TaskFilter(), 5).records
+    assert got.id == task_id and got.owner == "alice"
+    assert got.doc["name"] == "x" and got.doc["tags"] == {"k": "v"} and got.doc["state"] == "QUEUED"
+
+
+def test_minimal_listing_is_id_and_state(store: TaskStore) -> None:
+    task_id = add(store, name="x", tags={"k": "v"})
+    [got] = store.list(TaskFilter(), 5, minimal=True).records
+    assert got.doc == {"id": task_id, "state": "QUEUED"}
+    assert got.state is State.QUEUED
+
+
+@pytest.fixture
+def seeded(store: TaskStore) -> dict[str, str]:
+    """A few tasks that the filters tell apart; maps a label to its id."""
+    return {
+        "plain": add(store, name="plain"),
+        "pct": add(store, name="50%_done", tags={"env": "prod"}),
+        "like": add(store, name="50xxdone", tags={"env": "dev"}),
+        "run": add(store, name="50%_run", state=State.RUNNING, tags={"env": "prod", "team": "a"}),
+        "bob": add(store, name="50%_bob", owner="bob", tags={"env": "", "team": "a"}),
+        "unnamed": add(store, tags={"team": "b"}),
+        "dot": add(store, name="a.b*c", state=State.COMPLETE),
+    }
+
+
+FILTERS: list[tuple[TaskFilter, list[str]]] = [
+    (TaskFilter(), ["dot", "unnamed", "bob", "run", "like", "pct", "plain"]),
+    (TaskFilter(name_prefix="50%_"), ["bob", "run", "pct"]),
+    (TaskFilter(name_prefix="50"), ["bob", "run", "like", "pct"]),
+    (TaskFilter(name_prefix="50%_done"), ["pct"]),
+    (TaskFilter(name_prefix="50%_done!"), []),
+    (TaskFilter(name_prefix="a.b*"), ["dot"]),
+    (TaskFilter(name_prefix="a.c"), []),
+    (TaskFilter(name_prefix="_"), []),
+    (TaskFilter(state=State.RUNNING), ["run"]),
+    (TaskFilter(state=State.QUEUED), ["unnamed", "bob", "like", "pct", "plain"]),
+    (TaskFilter(tags={"env": ""}), ["bob", "run", "like", "pct"]),
+    (TaskFilter(tags={"env": "prod"}), ["run", "pct"]),
+    (TaskFilter(tags={"env": "staging"}), []),
+    (TaskFilter(tags={"env": "", "team": "a"}), ["bob", "run"]),
+    (TaskFilter(tags={"env": "prod", "team": "a"}), ["run"]),
+    (TaskFilter(tags={"team": ""}), ["unnamed", "bob", "run"]),
+    (TaskFilter(owner="bob"), ["bob"]),
+    (TaskFilter(owner="alice", tags={"team": "a"}), ["run"]),
+    (TaskFilter(owner="alice", name_prefix="50%"), ["run", "pct"]),
+    (TaskFilter(owner="alice", state=State.QUEUED), ["unnamed", "like", "pct", "plain"]),
+    (TaskFilter(name_prefix="50", state=State.QUEUED, tags={"env": ""}), ["bob", "like", "pct"]),
+    (TaskFilter(owner="carol"), []),
+]
+
+
+@pytest.mark.parametrize(("flt", "expected"), FILTERS)
+def test_filters(
+    store: TaskStore, seeded: dict[str, str], flt: TaskFilter, expected: list[str]
+) -> None:
+    want = [seeded[label] for label in expected]
+    for size in (1, 2, 100):
+        assert listed(store, flt, size) == want
+    full = store.list(flt, 100)
+    assert [r.id for r in full.records] == want
+    assert all(r.doc["id"] == r.id for r in full.records)
+
+
+def test_filters_with_many_tasks_and_pagination(store: TaskStore) -> None:
+    made: dict[str, list[str]] = {"rare": [], "tagged": [], "all": []}
+    for i in range(300):
+        tags = {"k": "v" if i % 3 == 0 else "w", "i": str(i)}
+        name = "rare-1" if i % 97 == 0 else f"task-{i}"
+        task_id = add(store, name=name, tags=tags, owner="alice" if i % 2 else "bob")
+        made["all"].append(task_id)
+        if name == "rare-1":
+            made["rare"].append(task_id)
+        if i % 3 == 0 and i % 2:
+            made["tagged"].append(task_id)
+    assert listed(store, TaskFilter(name_prefix="rare"), 2) == made["rare"][::-1]
+    assert listed(store, TaskFilter(name_prefix="task-"), 7) == [
+        i for i in made["all"][::-1] if i not in made["rare"]
+    ]
+    assert listed(store, TaskFilter(owner="alice", tags={"k": "v"}), 9) == made["tagged"][::-1]
+    assert listed(store, TaskFilter(tags={"i": "150"}), 9) == [made["all"][150]]
+
+
+# -- transitions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("start", "to"), list(itertools.product(State, State)))
+def test_transition_table(store: TaskStore, start: State, to: State) -> None:
+    task_id = add(store, state=start)
+    moved = store.transition(task_id, to)
+    assert moved == (start in ALLOWED_FROM.get(to, ()))
+    got = store.get(task_id)
+    assert got is not None and got.state is (to if moved else start)
+
+
+@pytest.mark.parametrize("start", sorted(TERMINAL, key=lambda s: s.value))
+def test_terminal_states_never_change(store: TaskStore, start: State) -> None:
+    task_id = add(store, state=start)
+    for to in State:
+        assert not store.transition(task_id, to)
+    got = store.get(task_id)
+    assert got is not None and got.state is start
+
+
+def test_transition_expect_narrows(store: TaskStore) -> None:
+    task_id = add(store, state=State.RUNNING)
+    assert not store.transition(task_id, State.CANCELING, expect=[State.QUEUED])
+    assert store.transition(task_id, State.CANCELING, expect=[State.RUNNING, State.QUEUED])
+    assert not store.transition(ids.new_id(), State.RUNNING)
+
+
+def test_concurrent_transitions_have_one_winner(store: TaskStore) -> None:
+    if isinstance(store, MongoStore) and not MONGO_URI:
+        pytest.skip("mongomock does not serialise concurrent updates; a real server does")
+    for _ in range(20):
+        task_id = add(store)
+        barrier = threading.Barrier(8)
+        wins: list[State] = []
+
+        def race(
+            to: State,
+            task_id: str = task_id,
+            barrier: threading.Barrier = barrier,
+            wins: list[State] = wins,
+        ) -> None:
+            barrier.wait()
+            if store.transition(task_id, to, expect=[State.QUEUED]):
+                wins.append(to)
+
+        targets = [State.CANCELING, State.RUNNING] * 4
+        threads = [threading.Thread(target=race, args=(to,)) for to in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(wins) == 1
+        got = store.get(task_id)
+        assert got is not None and got.state is wins[0]
+
+
+# -- attempts -----------------------------------------------------------------------------
+
+
+def test_attempts_and_notes(store: TaskStore) -> None:
+    task_id = add(store, notes=["dropped backend parameter x"])
+    first = {"logs": [], "outputs": [], "system_logs": ["admitted"]}
+    assert store.append_attempt(task_id, first) == 0
+    assert first["system_logs"] == ["admitted"]  # the caller's dict is left alone
+    assert store.append_attempt(task_id, {"logs": [], "outputs": []}) == 1
+    got = store.get(task_id)
+    assert got is not None and got.notes == []
+    logs = got.doc["logs"]
+    assert logs[0]["system_logs"] == ["dropped backend parameter x", "admitted"]
+    assert "system_logs" not in logs[1]
+    assert store.append_attempt(task_id, {"logs": []}) == 2
+
+
+def test_first_attempt_without_notes(store: TaskStore) -> None:
+    task_id = add(store)
+    assert store.append_attempt(task_id, {"logs": [], "outputs": []}) == 0
+    got = store.get(task_id)
+    assert got is not None and got.doc["logs"] == [{"logs": [], "outputs": []}]
+
+
+def test_first_attempt_takes_notes_without_system_logs(store: TaskStore) -> None:
+    task_id = add(store, notes=["a", "b"])
+    assert store.append_attempt(task_id, {"logs": []}) == 0
+    got = store.get(task_id)
+    assert got is not None and got.doc["logs"][0]["system_logs"] == ["a", "b"]
+
+
+def test_append_attempt_to_missing_task_raises(store: TaskStore) -> None:
+    with pytest.raises(StoreError):
+        store.append_attempt(ids.new_id(), {"logs": []})
+
+
+def test_update_attempt(store: TaskStore) -> None:
+    task_id = add(store)
+    assert not store.update_attempt(task_id, 0, {"end_time": "t"})
+    store.append_attempt(task_id, {"logs": [], "outputs": []})
+    store.append_attempt(task_id, {"logs": [], "outputs": []})
+    assert store.update_attempt(task_id, 1, {"end_time": "t1", "logs": [{"exit_code": 0}]})
+    assert store.update_attempt(task_id, 0, {"start_time": "t0"})
+    assert not store.update_attempt(task_id, 2, {"end_time": "x"})
+    assert not store.update_attempt(task_id, -1, {"end_time": "x"})
+    assert not store.update_attempt(ids.new_id(), 0, {"end_time": "x"})
+    got = store.get(task_id)
+    assert got is not None
+    assert got.doc["logs"] == [
+        {"logs": [], "outputs": [], "start_time": "t0"},
+        {"logs": [{"exit_code": 0}], "outputs": [], "end_time": "t1"},
+    ]
+
+
+# -- watcher queries, close ---------------------------------------------------------------
+
+
+def test_ids_in_states_oldest_first(store: TaskStore) -> None:
+    states = [State.QUEUED, State.RUNNING, State.COMPLETE, State.CANCELING, State.QUEUED]
+    made = [add(store, state=s) for s in states]
+    active = [made[i] for i in (0, 1, 3, 4)]
+    assert store.ids_in_states([State.QUEUED, State.RUNNING, State.CANCELING]) == active
+    assert (
+        store.ids_in_states([State.QUEUED, State.RUNNING, State.CANCELING], limit=2) == active[:2]
+    )
+    assert store.ids_in_states([State.PAUSED]) == []
+    assert store.ids_in_states([]) == []
+
+
+def test_close(tmp_path: Path) -> None:
+    sqlite_store = SqliteStore(tmp_path / "tasks.db")
+    add(sqlite_store)
+    sqlite_store.close()
+    with pytest.raises(StoreError):
+        sqlite_store.get(ids.new_id())
+    MongoStore(mongomock.MongoClient(), "db").close()
+
+
+# -- SQLite only --------------------------------------------------------------------------
+
+
+def test_sqlite_stores_on_one_file_share_writes(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    one, two = SqliteStore(path), SqliteStore(path)
+    task_id = add(one)
+    assert two.get(task_id) is not None
+    assert two.transition(task_id, State.RUNNING)
+    got = one.get(task_id)
+    assert got is not None and got.state is State.RUNNING
+    assert two.append_attempt(task_id, {"logs": []}) == 0
+    assert one.append_attempt(task_id, {"logs": []}) == 1
+    one.close()
+    two.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
+    sqlite_store = SqliteStore(tmp_path / "tasks.db")
+    task_id = add(sqlite_store)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                sqlite_store.append_attempt(task_id, {"logs": []})
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    got = sqlite_store.get(task_id)
+    assert got is not None and len(got.doc["logs"]) == 80
+    sqlite_store.close()
+
+
+def test_open_store_picks_sqlite_by_default(tmp_path: Path) -> None:
+    opened = open_store(make_settings(tmp_path))
+    assert isinstance(opened, SqliteStore)
+    assert (tmp_path / "data" / "tasks.db").exists()
+    opened.close()
