@@ -95,11 +95,18 @@ def worker(settings: Settings, burst: bool = False) -> None:
     queue.run_worker(settings, queue.connect(settings), burst=burst)
 
 
-def print_settings() -> None:
-    """Print every setting, its variable, default and meaning."""
+def settings_table() -> str:
+    """Return every setting as a Markdown table: variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        print(f"KUEUE_TES_{name.upper()}  (default: {default!r})\n    {info.description}")
+        if name == "data_dir":
+            default = "~/.local/share/kueue-tes"
+        elif isinstance(default, list):
+            default = ",".join(default)
+        shown = "" if default is None else f"`{default}`"
+        rows.append(f"| `KUEUE_TES_{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `kueue-tes` console script."""
     args = _parser().parse_args(argv)
     if args.command == "settings":
-        print_settings()
+        print(settings_table(), end="")
         return
     settings = _settings(args)
     _logging(settings)

@@ -35,14 +35,14 @@ _HANDLERS = {
 }
 
 
-class _OperationResolver(Resolver):
+class _OperationResolver(Resolver):  # type: ignore[misc]
     """Map the spec's operationIds (CreateTask, ...) to our handler functions."""
 
     def resolve_operation_id(self, operation: Any) -> str:
         return _HANDLERS[operation.operation_id]
 
 
-class _NamedParameterValidator(ParameterValidator):
+class _NamedParameterValidator(ParameterValidator):  # type: ignore[misc]
     """Connexion's parameter checks, with errors that name the parameter in one line."""
 
     @staticmethod
@@ -58,7 +58,7 @@ class _NamedParameterValidator(ParameterValidator):
 
 
 def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
-    class _LimitedJSONBody(JSONRequestBodyValidator):
+    class _LimitedJSONBody(JSONRequestBodyValidator):  # type: ignore[misc]
         """Parse JSON within the size limit; the schema is checked by Pydantic in the handler,
         which is lenient where the spec's JSON schema is not (null tags, fractional cores)."""
 
@@ -139,7 +139,7 @@ def create_app(
         )
     app.add_middleware(_LegacyServiceInfo, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_error_handler(StoreError, _store_unavailable)
-    app.app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.app.json.sort_keys = False
     app.app.extensions[services.EXTENSION] = services.Services(
         settings=settings,
         store=task_store or store.open_store(settings),

@@ -9,13 +9,13 @@ Response models carry exactly the spec's fields, so nothing internal can leak.
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class State(str, Enum):
+class State(StrEnum):
     """The TES task states."""
 
     UNKNOWN = "UNKNOWN"
@@ -31,14 +31,14 @@ class State(str, Enum):
     CANCELING = "CANCELING"
 
 
-class FileType(str, Enum):
+class FileType(StrEnum):
     """Whether an input or output is one file or a directory tree."""
 
     FILE = "FILE"
     DIRECTORY = "DIRECTORY"
 
 
-class View(str, Enum):
+class View(StrEnum):
     """How much of a task GetTask and ListTasks return."""
 
     MINIMAL = "MINIMAL"

@@ -12,7 +12,7 @@ from app.validation import InvalidTask
 
 def problem(status: int, title: str, detail: str, **ext: Any) -> ConnexionResponse:
     """Return a problem+json response."""
-    return _problem(status, title, detail, ext=ext or None)  # type: ignore[no-any-return]
+    return _problem(status, title, detail, ext=ext or None)
 
 
 def bad_request(error: InvalidTask) -> ConnexionResponse:

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     )
     storage: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="URL prefixes this deployment can reach, listed in service-info (comma-separated).",
+        description=(
+            "URL prefixes this deployment can reach, listed in service-info (comma-separated)."
+        ),
     )
     service_id: str = Field(default="org.kueue-tes.tes", description="service-info `id`.")
     service_name: str = Field(default="kueue-tes", description="service-info `name`.")

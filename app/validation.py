@@ -54,7 +54,9 @@ def has_wildcard(path: str) -> bool:
 def check_path(field: str, path: str) -> None:
     """Require an absolute, normalised path that shadows nothing the container needs."""
     if not path.startswith("/"):
-        raise InvalidTask(field, f"'{path}' is relative; give an absolute path inside the container")
+        raise InvalidTask(
+            field, f"'{path}' is relative; give an absolute path inside the container"
+        )
     if "\x00" in path:
         raise InvalidTask(field, "the path contains a NUL byte")
     if ".." in path.split("/"):

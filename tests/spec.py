@@ -35,7 +35,9 @@ def _merge_all_of(node: Any) -> Any:
             merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
             for part in node.pop("allOf"):
                 merged["properties"].update(part.get("properties", {}))
-                merged["required"] += [r for r in part.get("required", []) if r not in merged["required"]]
+                merged["required"] += [
+                    r for r in part.get("required", []) if r not in merged["required"]
+                ]
             node.update(merged)
         return node
     if isinstance(node, list):
@@ -87,6 +89,4 @@ def check(name: str, body: Any, minimal: bool = False) -> None:
 
     ``minimal``: the body is in the MINIMAL view, where tasks carry only id and state.
     """
-    jsonschema.validate(
-        body, schema(name, minimal), format_checker=jsonschema.FormatChecker()
-    )
+    jsonschema.validate(body, schema(name, minimal), format_checker=jsonschema.FormatChecker())

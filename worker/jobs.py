@@ -24,9 +24,7 @@ def submit(task_id: str) -> str:
     if record.state is not State.QUEUED:
         log.info("task %s: submit skipped, the task is %s", task_id, record.state.value)
         return f"skipped:{record.state.value}"
-    log.warning(
-        "task %s: no cluster backend in this build, so the task stays QUEUED", task_id
-    )
+    log.warning("task %s: no cluster backend in this build, so the task stays QUEUED", task_id)
     return "queued:no-backend"
 
 

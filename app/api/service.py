@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import services
-from app.models import ServiceInfo
+from app.models import Organization, ServiceInfo, ServiceType
 
 TES_VERSION = "1.1.0"
 
@@ -19,9 +19,9 @@ def get_service_info() -> dict[str, Any]:
     info = ServiceInfo(
         id=settings.service_id,
         name=settings.service_name,
-        type={"group": "org.ga4gh", "artifact": "tes", "version": TES_VERSION},
+        type=ServiceType(group="org.ga4gh", artifact="tes", version=TES_VERSION),
         description=settings.service_description,
-        organization={"name": settings.organization_name, "url": settings.organization_url},
+        organization=Organization(name=settings.organization_name, url=settings.organization_url),
         contactUrl=settings.contact_url,
         documentationUrl=settings.documentation_url,
         createdAt=started,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -100,9 +101,7 @@ class TaskStore(Protocol):
         """
         ...
 
-    def transition(
-        self, task_id: str, to: State, expect: Iterable[State] | None = None
-    ) -> bool:
+    def transition(self, task_id: str, to: State, expect: Iterable[State] | None = None) -> bool:
         """Move the task to ``to`` if its state is in ``allowed_from(to, expect)``."""
         ...
 
@@ -114,7 +113,7 @@ class TaskStore(Protocol):
         """Set top-level fields of the attempt at ``index``; False if it does not exist."""
         ...
 
-    def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> list[str]:
+    def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
         """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
         ...
 

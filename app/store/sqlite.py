@@ -48,21 +48,20 @@ CREATE INDEX IF NOT EXISTS tags_owner_kv ON tags (owner, key, value, task_id);
 COMMIT;
 """
 
-#: Past this many matches a filter is "dense": scanning in id order finds a page sooner than
-#: sorting every match. Below it, driving the query from that filter's index is cheap.
-_DENSE = 1000
+#: How many matches of a filter the planner looks at: up to _SORTABLE name matches are cheap
+#: to sort by id; for the other filters, where the _SAMPLE-th newest match lies tells density.
+_SORTABLE, _SAMPLE = 4096, 1024
 
 
 @dataclass(frozen=True)
 class _Stream:
     """One way to drive a listing: an index scanned under ``terms`` (columns, no alias)."""
 
+    kind: str  # "tag", "state", "name" (the only one not in id order), or "base"
     index: str | None
     terms: tuple[str, ...]
     params: tuple[Any, ...]
-    ordered: bool  # the index yields ids newest first, so no sort is needed
-    covers: str = ""  # the tasks filter ("state", "name") the index applies itself
-    tag: str | None = None  # the tag key this stream serves (it drives from the tags table)
+    tag: str | None = None  # the tag key a "tag" stream serves, from the tags table
 
     def where(self, alias: str) -> str:
         """Return the terms as one condition on table ``alias``."""
@@ -333,40 +332,40 @@ def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Strea
         terms = (*own, "key = ?", *kv, *(f"task_{term}" for term in lt))
         params = (*own_p, key, *((value,) if value else ()), *lt_p)
         index = f"tags_{pre}{'kv' if value else 'key'}"
-        streams.append(_Stream(index, terms, params, ordered=True, tag=key))
+        streams.append(_Stream("tag", index, terms, params, tag=key))
     if flt.state is not None:
         terms, params = (*own, "state = ?", *lt), (*own_p, flt.state.value, *lt_p)
-        streams.append(_Stream(f"tasks_{pre}state", terms, params, True, covers="state"))
+        streams.append(_Stream("state", f"tasks_{pre}state", terms, params))
     if flt.name_prefix:
         end = _prefix_end(flt.name_prefix)
         upper: tuple[str, ...] = ("name < ?",) if end is not None else ()
         terms = (*own, "name >= ?", *upper, *lt)
         params = (*own_p, flt.name_prefix, *((end,) if end is not None else ()), *lt_p)
-        streams.append(_Stream(f"tasks_{pre}name", terms, params, False, covers="name"))
-    base = _Stream("tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p), ordered=True)
+        streams.append(_Stream("name", f"tasks_{pre}name", terms, params))
+    base = _Stream("base", "tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p))
     return streams, base
 
 
 def _choose(db: sqlite3.Connection, streams: list[_Stream], base: _Stream) -> _Stream:
-    """Pick the stream that finds a page soonest, counting each filter's matches up to a cap."""
-    if not streams:
-        return base
-    if len(streams) == 1 and streams[0].ordered:
-        return streams[0]
-    best, best_count = None, _DENSE
+    """Pick the stream that finds a page soonest, from a capped look at each one's matches."""
+    if not streams or (len(streams) == 1 and streams[0].kind != "name"):
+        return streams[0] if streams else base
+    ranked: list[tuple[int, int, str, _Stream]] = []
     for stream in streams:
-        table = "tags" if stream.tag is not None else "tasks"
-        count = db.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} AS s INDEXED BY {stream.index}"
-            f" WHERE {stream.where('s')} LIMIT {_DENSE})",
+        table, col = ("tags", "task_id") if stream.tag is not None else ("tasks", "id")
+        cap = _SORTABLE if stream.kind == "name" else _SAMPLE
+        order = "" if stream.kind == "name" else f" ORDER BY s.{col} DESC"
+        count, oldest = db.execute(
+            f"SELECT count(*), min(c) FROM (SELECT s.{col} AS c FROM {table} AS s"
+            f" INDEXED BY {stream.index} WHERE {stream.where('s')}{order} LIMIT {cap})",
             stream.params,
-        ).fetchone()[0]
-        if count < best_count:
-            best, best_count = stream, count
-    if best is not None:
-        return best
-    # Every filter is dense: scan newest first along an ordered one and filter the rest.
-    return next((stream for stream in streams if stream.ordered), base)
+        ).fetchone()
+        if count < cap:  # few matches: driving from them costs about their number
+            ranked.append((0, count, "", stream))
+        elif stream.kind != "name":  # dense: the older its cap-th newest match, the sparser
+            ranked.append((1, 0, oldest, stream))
+    # Only a dense name prefix: scan newest first and test the name.
+    return min(ranked, key=lambda rank: rank[:3])[3] if ranked else base
 
 
 def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tuple[Any, ...]]:
@@ -380,21 +379,28 @@ def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tupl
         source, where, order = f"tasks AS t{index}", [stream.where("t")], "t.id"
     params: list[Any] = list(stream.params)
     # A leading + keeps a term off the indexes, so SQLite drives from the chosen one only.
-    if flt.state is not None and stream.covers != "state":
+    if flt.state is not None and stream.kind != "state":
         where.append("+t.state = ?")
         params.append(flt.state.value)
-    if flt.name_prefix and stream.covers != "name":
-        where.append("+t.name >= ?")
-        params.append(flt.name_prefix)
+    if flt.name_prefix and stream.kind != "name":
         end = _prefix_end(flt.name_prefix)
-        if end is not None:
-            where.append("+t.name < ?")
-            params.append(end)
+        where.append("+t.name >= ?" + (" AND +t.name < ?" if end is not None else ""))
+        params.extend((flt.name_prefix, end) if end is not None else (flt.name_prefix,))
     for key, value in flt.tags.items():
-        if key == stream.tag:
-            continue
-        kv = " AND x.value = ?" if value else ""
-        where.append(f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = t.id AND x.key = ?{kv})")
-        params.extend((key, value) if value else (key,))
-    sql = f"SELECT {cols} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order} DESC LIMIT ?"
+        if key != stream.tag:
+            kv = " AND x.value = ?" if value else ""
+            where.append(
+                f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = t.id AND x.key = ?{kv})"
+            )
+            params.extend((key, value) if value else (key,))
+    cond = " AND ".join(where)
+    if stream.kind == "name":
+        # Sort the matching ids alone, then read just the page's rows: reading each match's
+        # row before sorting would cost a lookup per match.
+        sql = (
+            f"SELECT {cols} FROM tasks AS t WHERE t.id IN (SELECT t.id FROM {source}"
+            f" WHERE {cond} ORDER BY t.id DESC LIMIT ?) ORDER BY t.id DESC"
+        )
+    else:
+        sql = f"SELECT {cols} FROM {source} WHERE {cond} ORDER BY {order} DESC LIMIT ?"
     return sql, tuple(params)

@@ -127,7 +127,9 @@ def test_service_info_on_every_path(api: Api, path: str) -> None:
 def test_service_info_lists_configured_storage(tmp_path: Path, redis_db: str) -> None:
     """`storage` and the honoured backend parameters come from settings."""
     settings = make_settings(
-        tmp_path, redis_url=redis_db, storage=["s3://bucket/", "file:///shared/"],
+        tmp_path,
+        redis_url=redis_db,
+        storage=["s3://bucket/", "file:///shared/"],
         backend_parameters=["queue"],
     )
     app = create_app(settings, SqliteStore(tmp_path / "t.db"))
@@ -196,7 +198,10 @@ def test_lenient_inputs_are_accepted(api: Api) -> None:
         ],
         tags={"keep": "1", "drop": None},
         resources={"cpu_cores": 1.2, "backend_parameters": {"queue": "team-a", "x": None}},
-        id="client-chosen", state="COMPLETE", logs=[], creation_time="yesterday",
+        id="client-chosen",
+        state="COMPLETE",
+        logs=[],
+        creation_time="yesterday",
     )
     task_id = api.create(body)
     full = api.get(task_id, "FULL")
@@ -237,27 +242,41 @@ def test_unknown_backend_parameters_strict_is_400(api: Api) -> None:
         ({"executors": [{"image": "alpine"}]}, "executors[0].command"),
         ({"executors": [{"image": "alpine", "command": "echo hi"}]}, "executors[0].command"),
         ({"executors": [{"image": 3, "command": ["true"]}]}, "executors[0].image"),
-        ({"executors": [{"image": "a", "command": ["true"], "workdir": "rel"}]},
-         "executors[0].workdir"),
-        ({"executors": [{"image": "a", "command": ["true"], "env": {"A=B": "1"}}]},
-         "executors[0].env"),
+        (
+            {"executors": [{"image": "a", "command": ["true"], "workdir": "rel"}]},
+            "executors[0].workdir",
+        ),
+        (
+            {"executors": [{"image": "a", "command": ["true"], "env": {"A=B": "1"}}]},
+            "executors[0].env",
+        ),
         ({"inputs": [{"path": "data/x", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/proc/x", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/tes", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/data/../dev/x", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/data/x"}]}, "inputs[0].url"),
-        ({"inputs": [{"path": "/data/x", "url": "s3://b/x", "content": "x"}]},
-         "inputs[0].content"),
-        ({"inputs": [{"path": "/data/x", "content": "x", "type": "DIRECTORY"}]},
-         "inputs[0].content"),
+        ({"inputs": [{"path": "/data/x", "url": "s3://b/x", "content": "x"}]}, "inputs[0].content"),
+        (
+            {"inputs": [{"path": "/data/x", "content": "x", "type": "DIRECTORY"}]},
+            "inputs[0].content",
+        ),
         ({"inputs": [{"path": "/data/x", "content": "x", "type": "LINK"}]}, "inputs[0].type"),
         ({"outputs": [{"path": "/data/x"}]}, "outputs[0].url"),
         ({"outputs": [{"path": "/", "url": "s3://b/"}]}, "outputs[0].path"),
         ({"outputs": [{"path": "/data/*.txt", "url": "s3://b/"}]}, "outputs[0].path_prefix"),
-        ({"outputs": [{"path": "/data/*.txt", "path_prefix": "/other", "url": "s3://b/"}]},
-         "outputs[0].path_prefix"),
-        ({"outputs": [{"path": "/data/x", "url": "s3://b/1"}, {"path": "/data/x", "url": "s3://b/2"}]},
-         "outputs[1].path"),
+        (
+            {"outputs": [{"path": "/data/*.txt", "path_prefix": "/other", "url": "s3://b/"}]},
+            "outputs[0].path_prefix",
+        ),
+        (
+            {
+                "outputs": [
+                    {"path": "/data/x", "url": "s3://b/1"},
+                    {"path": "/data/x", "url": "s3://b/2"},
+                ]
+            },
+            "outputs[1].path",
+        ),
         ({"volumes": ["/sys"]}, "volumes[0]"),
         ({"tags": {"a": 1}}, "tags.a"),
         ({"resources": {"cpu_cores": -1}}, "resources.cpu_cores"),
@@ -394,8 +413,13 @@ def _record(api: Api, name: str) -> Any:
     from app.store.base import TaskRecord
 
     task_id = ids.new_id()
-    doc = {"id": task_id, "state": "QUEUED", "name": name,
-           "executors": [{"image": "a", "command": ["true"]}], "creation_time": "t"}
+    doc = {
+        "id": task_id,
+        "state": "QUEUED",
+        "name": name,
+        "executors": [{"image": "a", "command": ["true"]}],
+        "creation_time": "t",
+    }
     return TaskRecord(id=task_id, state=State.QUEUED, owner="anonymous", doc=doc)
 
 

@@ -37,9 +37,21 @@ def served(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -72,8 +84,11 @@ def test_serve_runs_the_api_queue_and_worker(served: str, tmp_path: Path) -> Non
         status, body = _call(served, "GET", path)
         assert status == 200
         spec.check("tesServiceInfo", body)
-    task = {"name": "demo", "tags": {"run": "1"},
-            "executors": [{"image": "alpine", "command": ["echo", "hi"]}]}
+    task = {
+        "name": "demo",
+        "tags": {"run": "1"},
+        "executors": [{"image": "alpine", "command": ["echo", "hi"]}],
+    }
     status, created = _call(served, "POST", "/ga4gh/tes/v1/tasks", task)
     assert status == 200
     task_id = created["id"]

@@ -68,9 +68,7 @@ def test_backend_parameters_dropped_or_strict() -> None:
     notes = validation.check_task(task, ["queue"], 1000)
     assert task.resources is not None and task.resources.backend_parameters == {"queue": "q"}
     assert len(notes) == 1 and "'zz'" in notes[0]
-    strict = _task(
-        resources={"backend_parameters": {"zz": "1"}, "backend_parameters_strict": True}
-    )
+    strict = _task(resources={"backend_parameters": {"zz": "1"}, "backend_parameters_strict": True})
     with pytest.raises(validation.InvalidTask) as info:
         validation.check_task(strict, ["queue"], 1000)
     assert info.value.field == "resources.backend_parameters.zz"
@@ -79,11 +77,12 @@ def test_backend_parameters_dropped_or_strict() -> None:
 def test_views_shape() -> None:
     """MINIMAL is id and state; BASIC drops the bulky fields; unknown keys never leak."""
     doc = {
-        "id": "x", "state": "COMPLETE", "owner": "secret", "executors": [
-            {"image": "a", "command": ["true"]}],
+        "id": "x",
+        "state": "COMPLETE",
+        "owner": "secret",
+        "executors": [{"image": "a", "command": ["true"]}],
         "inputs": [{"path": "/a", "content": "c", "type": "FILE"}],
-        "logs": [{"logs": [{"exit_code": 0, "stdout": "o"}], "outputs": [],
-                  "system_logs": ["s"]}],
+        "logs": [{"logs": [{"exit_code": 0, "stdout": "o"}], "outputs": [], "system_logs": ["s"]}],
     }
     assert views.render(doc, View.MINIMAL) == {"id": "x", "state": "COMPLETE"}
     basic = views.render(doc, View.BASIC)
