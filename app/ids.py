@@ -38,3 +38,11 @@ def new_id(now_ms: int | None = None) -> str:
 def is_valid(task_id: str) -> bool:
     """Tell whether ``task_id`` has the shape of one of our ids."""
     return len(task_id) == _LENGTH and all(c in _ALPHABET for c in task_id) and task_id[0] <= "7"
+
+
+def created_at(task_id: str) -> float:
+    """Return the creation time (seconds since the epoch) an id carries."""
+    ms = 0
+    for char in task_id[:10]:
+        ms = ms * 32 + _ALPHABET.index(char)
+    return ms / 1000.0

@@ -99,6 +99,69 @@ class Settings(BaseSettings):
     )
     environment: str | None = Field(default=None, description="service-info `environment`.")
 
+    # -- the task pod (design section 7) --------------------------------------------------------
+    namespace: str = Field(default="kueue-tes-tasks", description="Namespace of task Jobs.")
+    default_queue: str = Field(
+        default="tes", description="Kueue LocalQueue of tasks that ask for none."
+    )
+    image: str = Field(
+        default="ghcr.io/kueue-tes/kueue-tes:latest",
+        description="Our image, for the setup, sequencer and finish containers of task pods.",
+    )
+    pod_python: str = Field(
+        default="python3",
+        description="Python interpreter inside our image (the local runtime uses its own).",
+    )
+    task_service_account: str = Field(
+        default="kueue-tes-task",
+        description="Service account of task pods; it needs no RBAC and gets no token.",
+    )
+    job_ttl_seconds: int = Field(
+        default=86_400,
+        description="ttlSecondsAfterFinished of task Jobs: a backstop if the watcher is down.",
+    )
+    sidecar_cpu: str = Field(
+        default="100m", description="cpu request of our own containers in each task pod."
+    )
+    sidecar_memory: str = Field(
+        default="128Mi", description="Memory request and limit of our own containers."
+    )
+    stage_in_timeout_seconds: int = Field(
+        default=86_400, description="Longest stage-in before the task pod is failed."
+    )
+    storage_secret: str | None = Field(
+        default=None,
+        description=(
+            "Secret whose keys become environment variables of the sequencer only "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...): storage credentials."
+        ),
+    )
+
+    # -- storage the sequencer reaches (docs/storage.md) ---------------------------------------
+    file_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Directories under which file:// inputs and outputs are allowed (comma-separated); "
+            "shared file systems mounted at the same path where task pods run."
+        ),
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, Ceph, ...); unset means AWS itself."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; unset lets boto3 decide.")
+    s3_path_style: bool = Field(
+        default=False, description="Path-style S3 addressing, which most S3-compatible stores need."
+    )
+    http_put: bool = Field(
+        default=False, description="Allow http(s) outputs, uploaded with PUT."
+    )
+    transfer_retries: int = Field(
+        default=4, description="Retries of one transfer after a transient failure."
+    )
+    transfer_parallelism: int = Field(
+        default=4, description="Transfers the sequencer runs at once."
+    )
+
     # -- security -----------------------------------------------------------------------------
     auth: Literal["none"] = Field(
         default="none",
@@ -111,7 +174,7 @@ class Settings(BaseSettings):
         """Return the SQLite file the embedded store uses."""
         return self.sqlite_path or self.data_dir / "tasks.db"
 
-    @field_validator("backend_parameters", "storage", mode="before")
+    @field_validator("backend_parameters", "storage", "file_roots", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

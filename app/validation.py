@@ -69,6 +69,17 @@ def check_path(field: str, path: str) -> None:
             raise InvalidTask(field, f"'{path}' is under {root}, which tasks may not use")
 
 
+def _check_parent(field: str, path: str) -> None:
+    # Executors mount the directory that will hold this file; "/" cannot be mounted over.
+    parent = posixpath.dirname(posixpath.normpath(path))
+    if has_wildcard(path):
+        parts = path.split("/")
+        first = next(i for i, part in enumerate(parts) if has_wildcard(part))
+        parent = "/".join(parts[:first]) or "/"
+    if parent == "/":
+        raise InvalidTask(field, f"'{path}' is directly under /; put it in a directory")
+
+
 def _check_inputs(task: TaskIn, max_content_bytes: int) -> None:
     for i, item in enumerate(task.inputs or []):
         where = f"inputs[{i}]"
@@ -94,6 +105,8 @@ def _check_outputs(task: TaskIn) -> None:
     for i, item in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         check_path(f"{where}.path", item.path)
+        if item.type != FileType.DIRECTORY or has_wildcard(item.path):
+            _check_parent(f"{where}.path", item.path)
         if not item.url:
             raise InvalidTask(f"{where}.url", "an output needs a url to upload to")
         if item.path_prefix is not None:
@@ -119,6 +132,8 @@ def _check_executors(task: TaskIn) -> None:
             value = getattr(executor, name)
             if value is not None:
                 check_path(f"{where}.{name}", value)
+                if name in ("stdout", "stderr"):
+                    _check_parent(f"{where}.{name}", value)
         for key in executor.env or {}:
             if not key or "=" in key or "\x00" in key:
                 raise InvalidTask(f"{where}.env", f"'{key}' is not a valid variable name")

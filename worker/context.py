@@ -1,4 +1,4 @@
-"""What an RQ job needs (settings, the store), set once by the process that runs the jobs.
+"""What an RQ job needs (settings, store, cluster), set once by the process that runs jobs.
 
 RQ calls job functions by name with only their arguments, so the worker process installs its
 context here at start (`kueue-tes worker`, or the worker thread of `kueue-tes serve`).
@@ -10,14 +10,16 @@ from dataclasses import dataclass
 
 from app.settings import Settings
 from app.store.base import TaskStore
+from worker.cluster.base import Cluster
 
 
 @dataclass(frozen=True)
 class Context:
-    """The worker process's settings and store."""
+    """The worker process's settings, store and cluster."""
 
     settings: Settings
     store: TaskStore
+    cluster: Cluster | None = None
 
 
 _current: Context | None = None

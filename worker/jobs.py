@@ -1,7 +1,8 @@
 """The RQ jobs: submit a task to the cluster, cancel it (design section 6).
 
-Until a cluster backend exists in this build, ``submit`` leaves the task QUEUED and says so in
-the worker log: that is the true state of the task, not a result.
+Both are idempotent: a Job that exists is a successful submit, a missing one a successful
+delete. Transient cluster errors raise, so RQ retries them; permanent ones end the task in
+SYSTEM_ERROR with the reason in its system logs.
 """
 
 from __future__ import annotations
@@ -9,13 +10,32 @@ from __future__ import annotations
 import logging
 
 from app.models import State
-from worker import context
+from app.store.base import TaskStore
+from worker import context, jobspec
+from worker.cluster.base import PermanentError
+from worker.watcher import now
 
 log = logging.getLogger(__name__)
 
 
+def _fail(store: TaskStore, task_id: str, reason: str) -> str:
+    record = store.get(task_id)
+    if record is not None:
+        logs = record.doc.get("logs") or []
+        if logs:
+            system = list(logs[-1].get("system_logs") or []) + [reason]
+            store.update_attempt(task_id, len(logs) - 1, {"system_logs": system, "end_time": now()})
+        else:
+            store.append_attempt(
+                task_id, {"logs": [], "outputs": [], "system_logs": [reason], "end_time": now()}
+            )
+    store.transition(task_id, State.SYSTEM_ERROR)
+    log.warning("task %s: SYSTEM_ERROR: %s", task_id, reason)
+    return "failed"
+
+
 def submit(task_id: str) -> str:
-    """Submit a stored task to the cluster; return what happened, for the RQ result."""
+    """Create the task's ConfigMap and suspended Job; return what happened (the RQ result)."""
     ctx = context.current()
     record = ctx.store.get(task_id)
     if record is None:
@@ -24,12 +44,29 @@ def submit(task_id: str) -> str:
     if record.state is not State.QUEUED:
         log.info("task %s: submit skipped, the task is %s", task_id, record.state.value)
         return f"skipped:{record.state.value}"
-    log.warning("task %s: no cluster backend in this build, so the task stays QUEUED", task_id)
-    return "queued:no-backend"
+    if ctx.cluster is None:
+        log.warning("task %s: no cluster backend is configured, so the task stays QUEUED", task_id)
+        return "queued:no-backend"
+    try:
+        configmap = jobspec.build_configmap(record.doc, ctx.settings)
+        job = jobspec.build_job(record.doc, ctx.settings)
+    except ValueError as exc:
+        return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
+    queue = job["metadata"]["labels"][jobspec.QUEUE_NAME]
+    if not record.doc.get("logs"):
+        ctx.store.append_attempt(
+            task_id, {"logs": [], "outputs": [], "system_logs": [f"submitted to LocalQueue {queue}"]}
+        )
+    try:
+        ctx.cluster.submit(task_id, configmap, job)
+    except PermanentError as exc:
+        return _fail(ctx.store, task_id, f"the cluster refused the task's Job: {exc}")
+    log.info("task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue)
+    return "submitted"
 
 
 def cancel(task_id: str) -> str:
-    """Cancel a task in the cluster; return what happened, for the RQ result."""
+    """Delete the task's Job; the task is CANCELED once nothing of it runs."""
     ctx = context.current()
     record = ctx.store.get(task_id)
     if record is None:
@@ -38,8 +75,15 @@ def cancel(task_id: str) -> str:
     if record.state is not State.CANCELING:
         log.info("task %s: cancel skipped, the task is %s", task_id, record.state.value)
         return f"skipped:{record.state.value}"
-    # Nothing of the task runs anywhere yet (no cluster backend), so the pod is gone.
+    if ctx.cluster is not None:
+        ctx.cluster.delete(task_id)
+        if ctx.cluster.exists(task_id):
+            return "deleting"  # the watcher sees the pod go and finishes the cancel
+    logs = record.doc.get("logs") or []
+    if logs:
+        system = list(logs[-1].get("system_logs") or []) + ["canceled; the task pod is gone"]
+        ctx.store.update_attempt(task_id, len(logs) - 1, {"system_logs": system, "end_time": now()})
     if ctx.store.transition(task_id, State.CANCELED, expect=[State.CANCELING]):
-        log.info("task %s: CANCELED (no cluster objects existed)", task_id)
+        log.info("task %s: CANCELED", task_id)
         return "canceled"
     return "raced"

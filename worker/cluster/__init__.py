@@ -1,0 +1,1 @@
+"""The cluster seam: one protocol, a Kubernetes backend and a local single-machine runtime."""

@@ -1,0 +1,253 @@
+"""The sequencer: stage in, follow the executors, stage out, report (design section 8).
+
+It runs as the task pod's native sidecar. Every failure ends as a SYSTEM_ERROR report with a
+readable reason; a traceback is never its last word.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.models import FileType, Output
+from app.settings import Settings
+from worker.sequencer import filers, outputs
+from worker.sequencer.filers import FilerConfig, redact
+from worker.sequencer.report import Report, now
+
+log = logging.getLogger(__name__)
+
+TAIL_BYTES = 64 * 1024
+POLL_SECONDS = 0.05
+Json = dict[str, Any]
+
+
+def filer_config(settings: Settings) -> FilerConfig:
+    """Return the filers' configuration from the settings."""
+    return FilerConfig(
+        file_roots=tuple(settings.file_roots),
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        s3_path_style=settings.s3_path_style,
+        http_put=settings.http_put,
+        retries=settings.transfer_retries,
+    )
+
+
+@dataclass
+class Paths:
+    """Where the sequencer finds things in its container."""
+
+    control: Path = Path("/tes")
+    work: Path = Path("/work")
+    task_dir: Path = Path("/etc/kueue-tes/task")
+
+    def local(self, container_path: str) -> Path:
+        """Return where a path of the executors' containers lives in the work volume."""
+        return self.work / "fs" / container_path.lstrip("/")
+
+
+@dataclass
+class Outcome:
+    """What the attempt came to, as the sequencer sees it."""
+
+    system_logs: list[str] = field(default_factory=list)
+    stage_failed: bool = False
+    executor_failed: bool = False
+
+    def verdict(self) -> str:
+        """Return the TES state the attempt ends in."""
+        if self.stage_failed:
+            return "SYSTEM_ERROR"
+        return "EXECUTOR_ERROR" if self.executor_failed else "COMPLETE"
+
+
+class Sequencer:
+    """One attempt of one task, from inside its pod."""
+
+    def __init__(self, paths: Paths, config: FilerConfig, parallelism: int, report: Report):
+        """Prepare to run the task whose files are under ``paths``."""
+        self.paths, self.config, self.parallelism, self.report = paths, config, parallelism, report
+        self.outcome = Outcome()
+
+    def _mark(self, name: str, text: str = "") -> None:
+        target = self.paths.control / name
+        temporary = target.with_name(f".{name}.tmp")
+        temporary.write_text(text)
+        temporary.replace(target)
+
+    def run(self) -> str:
+        """Run the attempt and return the verdict; the report is printed as it goes."""
+        started = self.paths.control / "sequencer.started"
+        if started.exists():
+            self._mark("abort")
+            self._mark("staged")
+            return self._verdict(["the sequencer was restarted mid-task; rerun the task"], True)
+        started.touch()
+        self.report.event("started", time=now())
+        try:
+            task = json.loads((self.paths.task_dir / "task.json").read_text())
+            plan = json.loads((self.paths.task_dir / "plan.json").read_text())
+        except (OSError, ValueError) as exc:
+            self._mark("abort")
+            self._mark("staged")
+            return self._verdict([f"cannot read the task from its ConfigMap: {exc}"], True)
+        self._stage_in(task, plan)
+        self._follow(task, int(plan.get("executors", len(task.get("executors", [])))))
+        self._stage_out(task)
+        return self._verdict([], self.outcome.stage_failed)
+
+    def _verdict(self, notes: list[str], failed: bool) -> str:
+        self.outcome.stage_failed |= failed
+        self.outcome.system_logs += notes
+        verdict = self.outcome.verdict()
+        self.report.event("verdict", state=verdict, time=now(), system_logs=notes)
+        self._mark("verdict", verdict)
+        return verdict
+
+    # -- stage in ---------------------------------------------------------------------------
+
+    def _stage_in(self, task: Json, plan: Json) -> None:
+        items = task.get("inputs") or []
+        jobs = [lambda item=item: self._fetch(item) for item in items]
+        errors = []
+        for item, outcome in zip(items, filers.transfer_all(jobs, self.parallelism), strict=True):
+            if outcome.error is not None:
+                where = item.get("url") and redact(item["url"]) or "inline content"
+                errors.append(f"input {item['path']} from {where}: {outcome.error}")
+        try:
+            self._prepare_mounts(plan)
+        except OSError as exc:
+            errors.append(f"cannot prepare the task's directories: {exc}")
+        if errors:
+            self._mark("abort")
+            self.outcome.stage_failed = True
+        self.report.event("staged", ok=not errors, time=now(), system_logs=errors)
+        self.outcome.system_logs += errors
+        self._mark("staged")
+
+    def _fetch(self, item: Json) -> None:
+        dest = self.paths.local(item["path"])
+        if item.get("content") is not None:
+            filers.write_content(item["content"], dest)
+            return
+        kind = FileType(item.get("type") or "FILE")
+        filers.download(item["url"], dest, kind, self.config)
+
+    def _prepare_mounts(self, plan: Json) -> None:
+        # Kubelet would create a missing subPath as a directory: make each mount what it is.
+        for mount in plan.get("mounts", ()):
+            local = self.paths.local(mount["path"])
+            if mount["kind"] == "dir":
+                local.mkdir(parents=True, exist_ok=True)
+                local.chmod(0o777)  # executors may run as any user
+            else:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.touch(exist_ok=True)
+
+    # -- executors --------------------------------------------------------------------------
+
+    def _follow(self, task: Json, count: int) -> None:
+        executors = task.get("executors") or []
+        for index in range(count):
+            folder = self.paths.control / "exec" / str(index)
+            while not (folder / "exit_code").exists() and not (folder / "skipped").exists():
+                time.sleep(POLL_SECONDS)
+            if (folder / "skipped").exists():
+                self.report.event("executor", index=index, skipped=True)
+                continue
+            code = _read_int(folder / "exit_code")
+            ignore = bool(index < len(executors) and executors[index].get("ignore_error"))
+            if code != 0 and not ignore:
+                self.outcome.executor_failed = True
+            self.report.event(
+                "executor",
+                index=index,
+                exit_code=code,
+                start_time=_read(folder / "start"),
+                end_time=_read(folder / "end"),
+                stdout=_tail(folder / "stdout.tail"),
+                stderr=_tail(folder / "stderr.tail"),
+            )
+
+    # -- stage out --------------------------------------------------------------------------
+
+    def _stage_out(self, task: Json) -> None:
+        wanted = [Output.model_validate(o) for o in task.get("outputs") or []]
+        plan = outputs.plan_outputs(wanted, self.paths.local, self.paths.work)
+        jobs = [lambda u=u: filers.upload(u.local_file, u.url, self.config) for u in plan.uploads]
+        logs: list[outputs.OutputFileLogDict] = []
+        errors: list[str] = []
+        for upload, outcome in zip(
+            plan.uploads, filers.transfer_all(jobs, self.parallelism), strict=True
+        ):
+            if outcome.error is None:
+                logs.append(outputs.output_file_log(upload))
+            else:
+                errors.append(f"output {upload.container_path} to {redact(upload.url)}: {outcome.error}")
+        if errors:
+            self.outcome.stage_failed = True
+        notes = plan.notes + errors
+        self.outcome.system_logs += notes
+        self.report.event("outputs", outputs=logs, system_logs=notes)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else -1
+    except ValueError:
+        return -1
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def main() -> int:
+    """Entry point of the sequencer container."""
+    logging.basicConfig(level="INFO", format="sequencer %(levelname)s %(name)s: %(message)s")
+    report = Report()
+    paths = Paths(
+        control=Path(os.environ.get("KUEUE_TES_CONTROL_DIR", "/tes")),
+        work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/work")),
+        task_dir=Path(os.environ.get("KUEUE_TES_TASK_DIR", "/etc/kueue-tes/task")),
+    )
+    try:
+        settings = Settings()
+        sequencer = Sequencer(paths, filer_config(settings), settings.transfer_parallelism, report)
+        sequencer.run()
+    except Exception as exc:
+        log.exception("sequencer failed")
+        report.event("verdict", state="SYSTEM_ERROR", time=now(),
+                     system_logs=[f"the sequencer failed: {type(exc).__name__}: {exc}"])
+        for name, text in (("abort", ""), ("staged", ""), ("verdict", "SYSTEM_ERROR")):
+            try:
+                (paths.control / name).write_text(text)
+            except OSError:
+                pass
+    if os.environ.get("KUEUE_TES_SEQUENCER_EXIT") == "1":
+        return 0
+    # A native sidecar that exits is restarted: stay until the pod ends and terminates us.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        signal.pause()
