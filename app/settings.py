@@ -152,11 +152,19 @@ class Settings(BaseSettings):
     s3_path_style: bool = Field(
         default=False, description="Path-style S3 addressing, which most S3-compatible stores need."
     )
-    http_put: bool = Field(
-        default=False, description="Allow http(s) outputs, uploaded with PUT."
-    )
+    http_put: bool = Field(default=False, description="Allow http(s) outputs, uploaded with PUT.")
     transfer_retries: int = Field(
         default=4, description="Retries of one transfer after a transient failure."
+    )
+    transfer_backoff_seconds: float = Field(
+        default=0.5, description="First pause before retrying a transfer; doubles each retry."
+    )
+    transfer_timeout_seconds: float = Field(
+        default=60.0, description="Connect and read timeout of one network operation."
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description="S3 objects at least this large move in parts (multipart).",
     )
     transfer_parallelism: int = Field(
         default=4, description="Transfers the sequencer runs at once."

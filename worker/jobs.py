@@ -12,7 +12,7 @@ import logging
 from app.models import State
 from app.store.base import TaskStore
 from worker import context, jobspec
-from worker.cluster.base import PermanentError
+from worker.cluster.base import QUEUE_NAME, PermanentError
 from worker.watcher import now
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,19 @@ def submit(task_id: str) -> str:
         job = jobspec.build_job(record.doc, ctx.settings)
     except ValueError as exc:
         return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
-    queue = job["metadata"]["labels"][jobspec.QUEUE_NAME]
+    queue = job["metadata"]["labels"][QUEUE_NAME]
     if not record.doc.get("logs"):
         ctx.store.append_attempt(
-            task_id, {"logs": [], "outputs": [], "system_logs": [f"submitted to LocalQueue {queue}"]}
+            task_id,
+            {"logs": [], "outputs": [], "system_logs": [f"submitted to LocalQueue {queue}"]},
         )
     try:
         ctx.cluster.submit(task_id, configmap, job)
     except PermanentError as exc:
         return _fail(ctx.store, task_id, f"the cluster refused the task's Job: {exc}")
-    log.info("task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue)
+    log.info(
+        "task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue
+    )
     return "submitted"
 
 

@@ -172,6 +172,9 @@ def sequencer_env(settings: Settings) -> list[Json]:
         "KUEUE_TES_HTTP_PUT": str(settings.http_put).lower(),
         "KUEUE_TES_TRANSFER_RETRIES": str(settings.transfer_retries),
         "KUEUE_TES_TRANSFER_PARALLELISM": str(settings.transfer_parallelism),
+        "KUEUE_TES_TRANSFER_BACKOFF_SECONDS": str(settings.transfer_backoff_seconds),
+        "KUEUE_TES_TRANSFER_TIMEOUT_SECONDS": str(settings.transfer_timeout_seconds),
+        "KUEUE_TES_S3_MULTIPART_THRESHOLD_BYTES": str(settings.s3_multipart_threshold_bytes),
     }
     return [{"name": k, "value": v} for k, v in values.items() if v]
 
@@ -196,8 +199,10 @@ def _sequencer(settings: Settings) -> Json:
             _control_mount(),
             {"name": "work", "mountPath": WORK},
             {"name": "task", "mountPath": TASK_DIR, "readOnly": True},
-            *({"name": v["name"], "mountPath": v["hostPath"]["path"]}
-              for v in _file_root_volumes(settings)),
+            *(
+                {"name": v["name"], "mountPath": v["hostPath"]["path"]}
+                for v in _file_root_volumes(settings)
+            ),
         ],
         "startupProbe": {
             "exec": {"command": ["test", "-e", STAGED]},
@@ -306,9 +311,7 @@ def build_job(task: Json, settings: Settings) -> Json:
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             "podFailurePolicy": {
-                "rules": [
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
-                ]
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
             },
             "template": {"metadata": {"labels": labels(task_id)}, "spec": pod_spec},
         },

@@ -106,10 +106,12 @@ def _pod_failure(pod: Json) -> str | None:
             ended = _terminated(status)
             if ended and ended.get("exitCode", 0) != 0:
                 reason = ended.get("reason") or "Error"
-                return f"container {status.get('name')} ended with {reason} (exit code {ended.get('exitCode')})"
+                code = ended.get("exitCode")
+                return f"container {status.get('name')} ended with {reason} (exit code {code})"
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-                return f"container {status.get('name')}: {waiting.get('reason')}: {waiting.get('message', '')}"
+                why = f"{waiting.get('reason')}: {waiting.get('message', '')}"
+                return f"container {status.get('name')}: {why}"
     return None
 
 
@@ -131,17 +133,29 @@ def decide(state: State, objects: Objects) -> Decision:
         cond = _condition(workload, "Evicted") or {}
         reason = f"{cond.get('reason', 'Evicted')}: {cond.get('message', '')}".strip(": ")
         if str(cond.get("reason", "")).startswith("Deactivated"):
-            return Decision(State.SYSTEM_ERROR, [f"Kueue deactivated the task: {reason}"], finished=True)
-        return Decision(State.QUEUED, [f"evicted by Kueue ({reason}); the task waits to run again"], requeued=True)
+            return Decision(
+                State.SYSTEM_ERROR, [f"Kueue deactivated the task: {reason}"], finished=True
+            )
+        return Decision(
+            State.QUEUED,
+            [f"evicted by Kueue ({reason}); the task waits to run again"],
+            requeued=True,
+        )
     if not _true(workload, "Admitted") and (job or {}).get("spec", {}).get("suspend", True):
-        cond = _condition(workload, "QuotaReserved")
-        waiting = cond.get("message") if cond and cond.get("status") == "False" else None
+        reserved = _condition(workload, "QuotaReserved")
+        waiting = (
+            reserved.get("message") if reserved and reserved.get("status") == "False" else None
+        )
         logs = [f"waiting for Kueue: {waiting}"] if waiting else []
         return Decision(State.QUEUED, logs)
-    ended_pod = pod is not None and ((pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
+    ended_pod = pod is not None and (
+        (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    )
     if ended_pod or _true(job, "Complete") or _true(job, "Failed"):
         code = _finish_code(pod)
-        final = _FINISH_CODES.get(code, State.SYSTEM_ERROR) if code is not None else State.SYSTEM_ERROR
+        final = (
+            _FINISH_CODES.get(code, State.SYSTEM_ERROR) if code is not None else State.SYSTEM_ERROR
+        )
         logs = []
         if final is State.SYSTEM_ERROR and pod is not None and code is None:
             logs.append(_pod_failure(pod) or "the task pod ended before the sequencer's verdict")
@@ -165,8 +179,8 @@ def read_report(log: str) -> Report:
     """Parse the sequencer's JSON-lines report out of its container log."""
     report = Report()
     by_index: dict[int, Json] = {}
-    for line in log.splitlines():
-        line = line.strip()
+    for raw in log.splitlines():
+        line = raw.strip()
         if not line.startswith("{"):
             continue
         try:
@@ -178,7 +192,11 @@ def read_report(log: str) -> Report:
         kind = event.get("event")
         report.system_logs += [str(s) for s in event.get("system_logs") or ()]
         if kind == "executor" and not event.get("skipped"):
-            entry = {k: event[k] for k in ("exit_code", "start_time", "end_time", "stdout", "stderr") if event.get(k) is not None}
+            entry = {
+                k: event[k]
+                for k in ("exit_code", "start_time", "end_time", "stdout", "stderr")
+                if event.get(k) is not None
+            }
             by_index[int(event.get("index", len(by_index)))] = entry
         elif kind == "outputs":
             report.outputs = [dict(o) for o in event.get("outputs") or ()]

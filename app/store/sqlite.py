@@ -35,10 +35,7 @@ CREATE INDEX IF NOT EXISTS tasks_owner_state ON tasks (owner, state, id);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, id);
 CREATE INDEX IF NOT EXISTS tasks_owner_name ON tasks (owner, name, id);
 CREATE TABLE IF NOT EXISTS tags (
-    task_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    owner TEXT NOT NULL,
+    task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, owner TEXT NOT NULL,
     PRIMARY KEY (task_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tags_key ON tags (key, task_id);
@@ -48,9 +45,13 @@ CREATE INDEX IF NOT EXISTS tags_owner_kv ON tags (owner, key, value, task_id);
 COMMIT;
 """
 
+_INSERT = "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)"
+_UPDATE = "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?"
+
 #: How many matches of a filter the planner looks at: up to _SORTABLE name matches are cheap
 #: to sort by id; for the other filters, where the _SAMPLE-th newest match lies tells density.
 _SORTABLE, _SAMPLE = 4096, 1024
+_STATES = {state.value: state for state in State}
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,8 @@ def _prefix_end(prefix: str) -> str | None:
     chars = list(prefix)
     while chars:
         code = ord(chars.pop()) + 1
-        if code <= 0x10FFFF:
-            if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored as UTF-8
-                code = 0xE000
-            return "".join(chars) + chr(code)
+        if code <= 0x10FFFF:  # surrogates cannot be stored as UTF-8: skip to U+E000
+            return "".join(chars) + chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
     return None
 
 
@@ -124,12 +123,9 @@ class SqliteStore:
             db = self._db()
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(
-                    f"{self._path} cannot use WAL mode (got {mode!r}); put it on a local disk"
-                )
+                why = f"{self._path} cannot use WAL mode (got {mode!r}); put it on a local disk"
+                raise StoreError(why)
             db.executescript(_SCHEMA)
-
-    # -- connections ------------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
         if self._closed:
@@ -167,24 +163,14 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
 
-    # -- the TaskStore protocol -------------------------------------------------------------
-
     def create(self, record: TaskRecord) -> None:
         """Store a new task; its id must be new."""
         doc = {key: value for key, value in record.doc.items() if key != "state"}
         tags: dict[str, Any] = doc.get("tags") or {}
         with _translated(f"cannot create task {record.id}"), self._immediate() as db:
-            db.execute(
-                "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    State(record.state).value,
-                    record.owner,
-                    doc.get("name"),
-                    _dumps(list(record.notes)),
-                    _dumps(doc),
-                ),
-            )
+            row = (record.id, State(record.state).value, record.owner, doc.get("name"))
+            notes = _dumps(list(record.notes))
+            db.execute(_INSERT, (*row, notes, _dumps(doc)))
             db.executemany(
                 "INSERT INTO tags (task_id, key, value, owner) VALUES (?, ?, ?, ?)",
                 [(record.id, key, str(value), record.owner) for key, value in tags.items()],
@@ -192,12 +178,9 @@ class SqliteStore:
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
+        sql = "SELECT id, state, owner, notes, doc FROM tasks WHERE id = ?"
         with _translated(f"cannot read task {task_id}"):
-            row = (
-                self._db()
-                .execute("SELECT id, state, owner, notes, doc FROM tasks WHERE id = ?", (task_id,))
-                .fetchone()
-            )
+            row = self._db().execute(sql, (task_id,)).fetchone()
         if row is None or (owner is not None and row[2] != owner):
             return None
         return _record(row)
@@ -218,19 +201,26 @@ class SqliteStore:
             raise ValueError("page_size must be at least 1")
         with _translated("cannot list tasks"):
             db = self._db()
-            stream = _choose(db, *_streams(flt, before))
-            sql, params = _listing(stream, flt, minimal)
+            streams, base = _streams(flt, before)
+            stream = _choose(db, streams, base)
+            window = 4 * (page_size + 1) if stream is base and flt.name_prefix else 0
+            sql, params = _listing(stream, flt, minimal, window)
             rows = db.execute(sql, (*params, page_size + 1)).fetchall()
+            if window and len(rows) <= page_size:
+                # A dense name prefix that is rare among the newest tasks: go on in id order
+                # only if the matches seen promise a page within _SORTABLE rows, else sort
+                # every match (bounded by their number, however old they are).
+                need = page_size + 1 - len(rows)
+                if len(rows) * _SORTABLE < need * window:
+                    stream = next(s for s in streams if s.kind == "name")
+                sql, params = _listing(stream, flt, minimal)
+                rows = db.execute(sql, (*params, page_size + 1)).fetchall()
         more = len(rows) > page_size
         rows = rows[:page_size]
-        if minimal:
-            owner = flt.owner or ""
-            records = [
-                TaskRecord(id=i, state=State(s), owner=owner, doc={"id": i, "state": s})
-                for i, s in rows
-            ]
-        else:
-            records = [_record(row) for row in rows]
+        if not minimal:
+            return Page(records=[_record(row) for row in rows], more=more)
+        owner = flt.owner or ""
+        records = [TaskRecord(i, _STATES[s], owner, {"id": i, "state": s}) for i, s in rows]
         return Page(records=records, more=more)
 
     def transition(self, task_id: str, to: State, expect: Iterable[State] | None = None) -> bool:
@@ -239,12 +229,9 @@ class SqliteStore:
         if not allowed:
             return False
         marks = ", ".join("?" * len(allowed))
+        sql = f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})"
         with _translated(f"cannot move task {task_id} to {to.value}"):
-            cur = self._db().execute(
-                f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})",
-                (to.value, task_id, *allowed),
-            )
-        return cur.rowcount == 1
+            return self._db().execute(sql, (to.value, task_id, *allowed)).rowcount == 1
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
         """Append one TES TaskLog (notes first in its system_logs); return its index."""
@@ -260,10 +247,8 @@ class SqliteStore:
             if first and notes:
                 entry["system_logs"] = [*notes, *(entry.get("system_logs") or [])]
             logs.append(entry)
-            db.execute(
-                "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?",
-                (_dumps(doc), "[]" if first else row[0], task_id),
-            )
+            notes_after = "[]" if first else row[0]
+            db.execute(_UPDATE, (_dumps(doc), notes_after, task_id))
             return len(logs) - 1
 
     def update_attempt(self, task_id: str, index: int, changes: dict[str, Any]) -> bool:
@@ -272,7 +257,7 @@ class SqliteStore:
             return False
         what = f"cannot update attempt {index} of task {task_id}"
         with _translated(what), self._immediate() as db:
-            row = db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = db.execute("SELECT doc, notes FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return False
             doc: dict[str, Any] = json.loads(row[0])
@@ -280,7 +265,7 @@ class SqliteStore:
             if index >= len(logs):
                 return False
             logs[index].update(changes)
-            db.execute("UPDATE tasks SET doc = ? WHERE id = ?", (_dumps(doc), task_id))
+            db.execute(_UPDATE, (_dumps(doc), row[1], task_id))
         return True
 
     def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
@@ -289,16 +274,9 @@ class SqliteStore:
         if not values or limit < 1:
             return []
         marks = ", ".join("?" * len(values))
+        sql = f"SELECT id FROM tasks WHERE state IN ({marks}) ORDER BY id LIMIT ?"
         with _translated("cannot list tasks by state"):
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT id FROM tasks WHERE state IN ({marks}) ORDER BY id LIMIT ?",
-                    (*values, limit),
-                )
-                .fetchall()
-            )
-        return [row[0] for row in rows]
+            return [row[0] for row in self._db().execute(sql, (*values, limit))]
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
@@ -315,7 +293,7 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
     full: dict[str, Any] = {"id": task_id, "state": state}
     full.update(json.loads(doc))
     return TaskRecord(
-        id=task_id, state=State(state), owner=owner, doc=full, notes=json.loads(notes)
+        id=task_id, state=_STATES[state], owner=owner, doc=full, notes=json.loads(notes)
     )
 
 
@@ -353,23 +331,31 @@ def _choose(db: sqlite3.Connection, streams: list[_Stream], base: _Stream) -> _S
     ranked: list[tuple[int, int, str, _Stream]] = []
     for stream in streams:
         table, col = ("tags", "task_id") if stream.tag is not None else ("tasks", "id")
+        sub = (
+            f"SELECT s.{col} FROM {table} AS s INDEXED BY {stream.index} WHERE {stream.where('s')}"
+        )
+        if stream.kind != "name":
+            # For a dense filter, the older its _SAMPLE-th newest match, the sparser it is.
+            sample = f"{sub} ORDER BY s.{col} DESC LIMIT 1 OFFSET {_SAMPLE - 1}"
+            row = db.execute(sample, stream.params).fetchone()
+            if row is not None:
+                ranked.append((1, 0, row[0], stream))
+                continue
         cap = _SORTABLE if stream.kind == "name" else _SAMPLE
-        order = "" if stream.kind == "name" else f" ORDER BY s.{col} DESC"
-        count, oldest = db.execute(
-            f"SELECT count(*), min(c) FROM (SELECT s.{col} AS c FROM {table} AS s"
-            f" INDEXED BY {stream.index} WHERE {stream.where('s')}{order} LIMIT {cap})",
-            stream.params,
-        ).fetchone()
-        if count < cap:  # few matches: driving from them costs about their number
-            ranked.append((0, count, "", stream))
-        elif stream.kind != "name":  # dense: the older its cap-th newest match, the sparser
-            ranked.append((1, 0, oldest, stream))
-    # Only a dense name prefix: scan newest first and test the name.
+        count = db.execute(f"SELECT count(*) FROM ({sub} LIMIT {cap})", stream.params).fetchone()
+        if count[0] < cap:  # few matches: driving from them costs about their number
+            ranked.append((0, count[0], "", stream))
+    # Nothing ranked: only a dense name prefix, so scan newest first and test the name.
     return min(ranked, key=lambda rank: rank[:3])[3] if ranked else base
 
 
-def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tuple[Any, ...]]:
-    """Return the listing SQL driven by ``stream`` and its parameters (less the LIMIT)."""
+def _listing(
+    stream: _Stream, flt: TaskFilter, minimal: bool, window: int = 0
+) -> tuple[str, tuple[Any, ...]]:
+    """Return the listing SQL driven by ``stream`` and its parameters (less the LIMIT).
+
+    A ``window`` limits an id-order scan to that many of the newest tasks.
+    """
     cols = "t.id, t.state" if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
     index = f" INDEXED BY {stream.index}" if stream.index else ""
     if stream.tag is not None:
@@ -378,6 +364,12 @@ def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tupl
     else:
         source, where, order = f"tasks AS t{index}", [stream.where("t")], "t.id"
     params: list[Any] = list(stream.params)
+    if window:
+        where.append(
+            f"t.id >= coalesce((SELECT w.id FROM tasks AS w{index} WHERE {stream.where('w')}"
+            f" ORDER BY w.id DESC LIMIT 1 OFFSET {window - 1}), '')"
+        )
+        params.extend(stream.params)
     # A leading + keeps a term off the indexes, so SQLite drives from the chosen one only.
     if flt.state is not None and stream.kind != "state":
         where.append("+t.state = ?")
@@ -388,9 +380,11 @@ def _listing(stream: _Stream, flt: TaskFilter, minimal: bool) -> tuple[str, tupl
         params.extend((flt.name_prefix, end) if end is not None else (flt.name_prefix,))
     for key, value in flt.tags.items():
         if key != stream.tag:
+            # Tested on the driving tag row when there is one, before the task row is read.
+            task = "g.task_id" if stream.tag is not None else "t.id"
             kv = " AND x.value = ?" if value else ""
             where.append(
-                f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = t.id AND x.key = ?{kv})"
+                f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = {task} AND x.key = ?{kv})"
             )
             params.extend((key, value) if value else (key,))
     cond = " AND ".join(where)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
+from tests.conftest import ROOT
 from worker import jobspec, states
 from worker.sequencer.setup import RUNNER
-from tests.conftest import ROOT
 
 
 class Pod:
@@ -39,7 +39,8 @@ class Pod:
         """Run setup, the sequencer and each executor in kubelet's order; return the report."""
         subprocess.run(
             [sys.executable, "-m", "worker.sequencer.setup", str(self.control)],
-            check=True, cwd=ROOT,
+            check=True,
+            cwd=ROOT,
         )
         env = dict(
             os.environ,
@@ -50,8 +51,12 @@ class Pod:
             KUEUE_TES_FILE_ROOTS=self.file_roots,
         )
         sequencer = subprocess.Popen(
-            [sys.executable, "-m", "worker.sequencer"], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "worker.sequencer"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 20
         while not (self.control / "staged").exists():
@@ -59,9 +64,15 @@ class Pod:
             time.sleep(0.02)
         for index, executor in enumerate(self.task["executors"]):
             command = jobspec.runner_command(index, executor)
-            command[:3] = [str(self.control / "bin" / "busybox"), "sh", str(self.control / "bin" / "runner.sh")]
+            command[:3] = [
+                str(self.control / "bin" / "busybox"),
+                "sh",
+                str(self.control / "bin" / "runner.sh"),
+            ]
             command[3] = str(self.control)
-            command[5:8] = [self.local(executor.get(k) or "") for k in ("stdin", "stdout", "stderr")]
+            command[5:8] = [
+                self.local(executor.get(k) or "") for k in ("stdin", "stdout", "stderr")
+            ]
             cwd = self.local(executor["workdir"]) if executor.get("workdir") else self.work
             subprocess.run(command, check=True, cwd=cwd, capture_output=True)
         out, err = sequencer.communicate(timeout=30)
@@ -95,11 +106,20 @@ def test_stage_in_executors_stage_out(tmp_path: Path) -> None:
             {"path": "/data/in.txt", "content": "hello\n"},
             {"path": "/data/ref.txt", "url": f"file://{shared}/in/ref.txt"},
         ],
-        outputs=[{"path": "/data/out/*.txt", "path_prefix": "/data/out",
-                  "url": f"file://{shared}/results"}],
+        outputs=[
+            {
+                "path": "/data/out/*.txt",
+                "path_prefix": "/data/out",
+                "url": f"file://{shared}/results",
+            }
+        ],
         executors=[
-            {"image": "x", "command": ["cat", "in.txt", "ref.txt"], "workdir": "/data",
-             "stdout": "/data/out/a.txt"},
+            {
+                "image": "x",
+                "command": ["cat", "in.txt", "ref.txt"],
+                "workdir": "/data",
+                "stdout": "/data/out/a.txt",
+            },
             {"image": "x", "command": ["sh", "-c", "echo oops >&2; exit 3"], "ignore_error": True},
         ],
     )
@@ -130,8 +150,10 @@ def test_executor_error_still_uploads_outputs(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     task = _task(
-        outputs=[{"path": "/data/log.txt", "url": f"file://{shared}/log.txt"},
-                 {"path": "/data/missing.txt", "url": f"file://{shared}/missing.txt"}],
+        outputs=[
+            {"path": "/data/log.txt", "url": f"file://{shared}/log.txt"},
+            {"path": "/data/missing.txt", "url": f"file://{shared}/missing.txt"},
+        ],
         executors=[
             {"image": "x", "command": ["no-such-command-kt"], "stderr": "/data/log.txt"},
             {"image": "x", "command": ["touch", str(tmp_path / "ran")]},

@@ -33,8 +33,17 @@ def workload(*conditions: tuple[str, str, str, str]) -> Json:
 
 def terminated(name: str, code: int, message: str = "") -> Json:
     """A container status that has ended."""
-    return {"name": name, "state": {"terminated": {"exitCode": code, "message": message,
-                                                   "startedAt": "s", "finishedAt": "f"}}}
+    return {
+        "name": name,
+        "state": {
+            "terminated": {
+                "exitCode": code,
+                "message": message,
+                "startedAt": "s",
+                "finishedAt": "f",
+            }
+        },
+    }
 
 
 def running(name: str) -> Json:
@@ -44,13 +53,21 @@ def running(name: str) -> Json:
 
 def pod(phase: str, init: list[Json], main: list[Json] | None = None) -> Json:
     """A task pod with container statuses."""
-    return {"metadata": {"name": "tes-x-abc"}, "status": {
-        "phase": phase, "initContainerStatuses": init, "containerStatuses": main or []}}
+    return {
+        "metadata": {"name": "tes-x-abc"},
+        "status": {"phase": phase, "initContainerStatuses": init, "containerStatuses": main or []},
+    }
 
 
 ADMITTED = workload(("QuotaReserved", "True", "QuotaReserved", ""), ("Admitted", "True", "", ""))
-PENDING = workload(("QuotaReserved", "False", "Pending",
-                    "couldn't assign flavors to pod set main: insufficient unused quota for cpu"))
+PENDING = workload(
+    (
+        "QuotaReserved",
+        "False",
+        "Pending",
+        "couldn't assign flavors to pod set main: insufficient unused quota for cpu",
+    )
+)
 
 
 def test_pending_workload_is_queued_with_kueues_reason() -> None:
@@ -77,8 +94,15 @@ def test_admitted_staging_is_initializing_then_running() -> None:
 def test_executor_logs_from_termination_messages() -> None:
     """Ended executors' exit codes and times come from the runner's termination message."""
     message = json.dumps({"exit_code": 3, "start": "t0", "end": "t1"})
-    second = pod("Running", [terminated("setup", 0), running("sequencer"),
-                             terminated("executor-0", 0, message), running("executor-1")])
+    second = pod(
+        "Running",
+        [
+            terminated("setup", 0),
+            running("sequencer"),
+            terminated("executor-0", 0, message),
+            running("executor-1"),
+        ],
+    )
     decision = states.decide(State.RUNNING, Objects(job(), second, ADMITTED))
     assert decision.state is State.RUNNING
     assert decision.executor_logs == [{"exit_code": 3, "start_time": "t0", "end_time": "t1"}]
@@ -87,9 +111,11 @@ def test_executor_logs_from_termination_messages() -> None:
 def test_finished_pod_maps_finish_code() -> None:
     """finish's exit code carries the verdict: 0, 1, anything else."""
     for code, state in ((0, State.COMPLETE), (1, State.EXECUTOR_ERROR), (2, State.SYSTEM_ERROR)):
-        done = pod("Succeeded" if code == 0 else "Failed",
-                   [terminated("setup", 0), terminated("sequencer", 0)],
-                   [terminated("finish", code)])
+        done = pod(
+            "Succeeded" if code == 0 else "Failed",
+            [terminated("setup", 0), terminated("sequencer", 0)],
+            [terminated("finish", code)],
+        )
         decision = states.decide(State.RUNNING, Objects(job(condition="Complete"), done, ADMITTED))
         assert decision.state is state and decision.finished
 
@@ -125,16 +151,32 @@ def test_read_report() -> None:
     lines = [
         "sequencer INFO something else",
         json.dumps({"kueue-tes": 1, "event": "staged", "ok": True, "system_logs": []}),
-        json.dumps({"kueue-tes": 1, "event": "executor", "index": 1, "exit_code": 2,
-                    "stdout": "b"}),
-        json.dumps({"kueue-tes": 1, "event": "executor", "index": 0, "exit_code": 0,
-                    "stdout": "a", "stderr": ""}),
+        json.dumps(
+            {"kueue-tes": 1, "event": "executor", "index": 1, "exit_code": 2, "stdout": "b"}
+        ),
+        json.dumps(
+            {
+                "kueue-tes": 1,
+                "event": "executor",
+                "index": 0,
+                "exit_code": 0,
+                "stdout": "a",
+                "stderr": "",
+            }
+        ),
         json.dumps({"event": "verdict", "state": "COMPLETE"}),  # not ours: no marker
         "{broken",
-        json.dumps({"kueue-tes": 1, "event": "outputs", "outputs": [
-            {"url": "u", "path": "/p", "size_bytes": 3}], "system_logs": ["missing /q"]}),
-        json.dumps({"kueue-tes": 1, "event": "verdict", "state": "EXECUTOR_ERROR",
-                    "system_logs": []}),
+        json.dumps(
+            {
+                "kueue-tes": 1,
+                "event": "outputs",
+                "outputs": [{"url": "u", "path": "/p", "size_bytes": 3}],
+                "system_logs": ["missing /q"],
+            }
+        ),
+        json.dumps(
+            {"kueue-tes": 1, "event": "verdict", "state": "EXECUTOR_ERROR", "system_logs": []}
+        ),
     ]
     report = states.read_report("\n".join(lines))
     assert report.verdict is State.EXECUTOR_ERROR

@@ -6,6 +6,7 @@ readable reason; a traceback is never its last word.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,9 @@ def filer_config(settings: Settings) -> FilerConfig:
         s3_path_style=settings.s3_path_style,
         http_put=settings.http_put,
         retries=settings.transfer_retries,
+        backoff_seconds=settings.transfer_backoff_seconds,
+        multipart_threshold_bytes=settings.s3_multipart_threshold_bytes,
+        timeout_seconds=settings.transfer_timeout_seconds,
     )
 
 
@@ -119,7 +123,7 @@ class Sequencer:
         errors = []
         for item, outcome in zip(items, filers.transfer_all(jobs, self.parallelism), strict=True):
             if outcome.error is not None:
-                where = item.get("url") and redact(item["url"]) or "inline content"
+                where = redact(item["url"]) if item.get("url") else "inline content"
                 errors.append(f"input {item['path']} from {where}: {outcome.error}")
         try:
             self._prepare_mounts(plan)
@@ -190,7 +194,9 @@ class Sequencer:
             if outcome.error is None:
                 logs.append(outputs.output_file_log(upload))
             else:
-                errors.append(f"output {upload.container_path} to {redact(upload.url)}: {outcome.error}")
+                errors.append(
+                    f"output {upload.container_path} to {redact(upload.url)}: {outcome.error}"
+                )
         if errors:
             self.outcome.stage_failed = True
         notes = plan.notes + errors
@@ -238,13 +244,15 @@ def main() -> int:
         sequencer.run()
     except Exception as exc:
         log.exception("sequencer failed")
-        report.event("verdict", state="SYSTEM_ERROR", time=now(),
-                     system_logs=[f"the sequencer failed: {type(exc).__name__}: {exc}"])
+        report.event(
+            "verdict",
+            state="SYSTEM_ERROR",
+            time=now(),
+            system_logs=[f"the sequencer failed: {type(exc).__name__}: {exc}"],
+        )
         for name, text in (("abort", ""), ("staged", ""), ("verdict", "SYSTEM_ERROR")):
-            try:
+            with contextlib.suppress(OSError):
                 (paths.control / name).write_text(text)
-            except OSError:
-                pass
     if os.environ.get("KUEUE_TES_SEQUENCER_EXIT") == "1":
         return 0
     # A native sidecar that exits is restarted: stay until the pod ends and terminates us.

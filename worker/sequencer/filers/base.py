@@ -83,12 +83,16 @@ def retrying(fn: Callable[[], T], config: FilerConfig, what: str) -> T:
         except TransientError as exc:
             if attempt == attempts:
                 # Permanent from here on: callers must not stack their own retries on ours.
-                raise TransferError(
-                    f"{what}: gave up after {attempts} attempts: {exc}"
-                ) from exc
+                raise TransferError(f"{what}: gave up after {attempts} attempts: {exc}") from exc
             pause = config.backoff_seconds * (2 ** (attempt - 1))
-            log.warning("%s: attempt %d of %d failed (%s); retrying in %.2fs",
-                        what, attempt, attempts, exc, pause)
+            log.warning(
+                "%s: attempt %d of %d failed (%s); retrying in %.2fs",
+                what,
+                attempt,
+                attempts,
+                exc,
+                pause,
+            )
             time.sleep(pause)
     raise AssertionError("unreachable")  # the loop always returns or raises
 
@@ -104,6 +108,16 @@ def child_path(dest: Path, relative: str, url: str) -> Path:
     # A remote listing is data from elsewhere: "..", or an empty name, must not place files
     # outside the directory the task asked for.
     if not parts or ".." in parts:
-        raise TransferError(f"{redact(url)}: refusing the entry {relative!r}, which would "
-                            f"land outside {dest}")
+        raise TransferError(
+            f"{redact(url)}: refusing the entry {relative!r}, which would land outside {dest}"
+        )
     return dest.joinpath(*parts)
+
+
+def make_dirs(path: Path) -> None:
+    """Create the local directory ``path`` and its parents, as a TransferError if it fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # Local disk trouble is not the server's: it is permanent, never retried.
+        raise TransferError(f"cannot create the directory {path}: {exc.strerror or exc}") from exc

@@ -20,4 +20,6 @@ def write_content(content: str, dest: Path) -> None:
         # chmod after writing: the umask must not decide what the executor can read.
         os.chmod(dest, MODE)
     except OSError as exc:
-        raise TransferError(f"cannot write inline content to {dest}: {exc.strerror or exc}") from exc
+        raise TransferError(
+            f"cannot write inline content to {dest}: {exc.strerror or exc}"
+        ) from exc

@@ -24,15 +24,19 @@ class FileFiler:
         try:
             if kind is FileType.DIRECTORY:
                 if not src.is_dir():
-                    raise TransferError(f"{url}: not a directory; declare the input as FILE "
-                                        "or point it at a directory")
+                    raise TransferError(
+                        f"{url}: not a directory; declare the input as FILE "
+                        "or point it at a directory"
+                    )
                 self._copy_tree(url, src, dest, frozenset())
             else:
                 if not src.exists():
                     raise TransferError(f"{url}: no such file")
                 if not src.is_file():
-                    raise TransferError(f"{url}: not a regular file; declare the input as "
-                                        "DIRECTORY to fetch a directory")
+                    raise TransferError(
+                        f"{url}: not a regular file; declare the input as "
+                        "DIRECTORY to fetch a directory"
+                    )
                 _copy_file(src, dest)
         except OSError as exc:
             raise TransferError(f"{url}: cannot copy to {dest}: {exc.strerror or exc}") from exc
@@ -50,8 +54,10 @@ class FileFiler:
         if parts.scheme != "file":
             raise TransferError(f"{url}: not a file:// URL")
         if parts.netloc not in ("", "localhost"):
-            raise TransferError(f"{url}: file:// URLs name a path on this host; drop the host "
-                                f"{parts.netloc!r} (file:///path)")
+            raise TransferError(
+                f"{url}: file:// URLs name a path on this host; drop the host "
+                f"{parts.netloc!r} (file:///path)"
+            )
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise TransferError(f"{url}: the path must be absolute (file:///path)")
@@ -66,8 +72,9 @@ class FileFiler:
             raise TransferError(f"{url}: cannot resolve {path}: {exc}") from exc
         if not any(real.is_relative_to(root) for root in self.roots):
             allowed = ", ".join(str(root) for root in self.roots) or "none configured"
-            raise TransferError(f"{url} is outside the allowed roots ({allowed}); ask the "
-                                "operator to add a root")
+            raise TransferError(
+                f"{url} is outside the allowed roots ({allowed}); ask the operator to add a root"
+            )
         return real
 
     def _copy_tree(self, url: str, src: Path, dest: Path, seen: frozenset[Path]) -> None:

@@ -17,6 +17,7 @@ from worker.sequencer.filers.base import (
     FilerConfig,
     TransferError,
     TransientError,
+    make_dirs,
     part_path,
     redact,
     retrying,
@@ -37,29 +38,34 @@ class HttpFiler:
     def download(self, url: str, dest: Path, kind: FileType) -> None:
         """Stream ``url`` to ``dest``; DIRECTORY inputs are refused (HTTP has no listing)."""
         if kind is FileType.DIRECTORY:
-            raise TransferError(f"{redact(url)}: DIRECTORY inputs cannot be fetched over http(s), "
-                                "which has no directory listing; list the files as FILE inputs "
-                                "or use s3:// or ftp://")
+            raise TransferError(
+                f"{redact(url)}: DIRECTORY inputs cannot be fetched over http(s), "
+                "which has no directory listing; list the files as FILE inputs "
+                "or use s3:// or ftp://"
+            )
         retrying(lambda: self._get(url, dest), self.config, f"download {redact(url)}")
 
     def upload(self, src: Path, url: str) -> None:
         """PUT the file ``src`` to ``url``, if the operator enabled HTTP uploads."""
         if not self.config.http_put:
-            raise TransferError(f"{redact(url)}: uploading over http(s) is disabled here; ask "
-                                "the operator to enable HTTP PUT uploads, or use an s3://, "
-                                "ftp:// or file:// output URL")
+            raise TransferError(
+                f"{redact(url)}: uploading over http(s) is disabled here; ask "
+                "the operator to enable HTTP PUT uploads (KUEUE_TES_HTTP_PUT), or use an s3://, "
+                "ftp:// or file:// output URL"
+            )
         retrying(lambda: self._put(src, url), self.config, f"upload {redact(url)}")
 
     def _get(self, url: str, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest.parent)
         tmp = part_path(dest)
         try:
-            with self._open(_request(url, "GET")) as response, tmp.open("wb") as out:
+            with self._open(_request(url, "GET"), url) as response, tmp.open("wb") as out:
                 shutil.copyfileobj(response, out, _CHUNK)
             os.replace(tmp, dest)
         except OSError as exc:
-            raise TransferError(f"{redact(url)}: cannot write {dest}: "
-                                f"{exc.strerror or exc}") from exc
+            raise TransferError(
+                f"{redact(url)}: cannot write {dest}: {exc.strerror or exc}"
+            ) from exc
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -71,13 +77,13 @@ class HttpFiler:
                 # An explicit length avoids chunked encoding, which many object stores refuse.
                 request.add_header("Content-Length", str(size))
                 request.add_header("Content-Type", "application/octet-stream")
-                with self._open(request):
+                with self._open(request, url):
                     pass
         except FileNotFoundError as exc:
             raise TransferError(f"{redact(url)}: the local file {src} is gone") from exc
 
-    def _open(self, request: urllib.request.Request) -> _Guarded:
-        url = redact(request.full_url)
+    def _open(self, request: urllib.request.Request, url: str) -> _Guarded:
+        url = redact(url)
         try:
             response: http.client.HTTPResponse = urllib.request.urlopen(
                 request, timeout=self.config.timeout_seconds

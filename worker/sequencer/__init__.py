@@ -1,0 +1,1 @@
+"""In-pod side of a task: runner shim, sequencer, filers."""
