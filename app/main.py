@@ -89,19 +89,43 @@ def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
     return _LimitedJSONBody
 
 
-class _LegacyServiceInfo:
-    """Serve py-tes 0.4's `GET /v1/tasks/service-info` as `/v1/service-info`.
+class _PathGuard:
+    """Fix up paths before routing.
 
-    It must be rewritten before routing, where it would otherwise be GetTask("service-info").
+    * py-tes 0.4's `GET /v1/tasks/service-info` is served as `/v1/service-info` (routing would
+      otherwise read it as GetTask("service-info")).
+    * A path with a line break can match no operation (routes match up to one); answer 404 here,
+      before the framework's own router would call a handler outside Connexion's context.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/v1/tasks/service-info":
-            scope = dict(scope, path="/v1/service-info", raw_path=b"/v1/service-info")
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if path == "/v1/tasks/service-info":
+                scope = dict(scope, path="/v1/service-info", raw_path=b"/v1/service-info")
+            elif "\n" in path:
+                response = problems.problem(404, "Not Found", "no such resource")
+                await _send(response, send)
+                return
         await self.app(scope, receive, send)
+
+
+async def _send(response: ConnexionResponse, send: Send) -> None:
+    body = response.body.encode() if isinstance(response.body, str) else response.body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [
+                (b"content-type", str(response.content_type).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _store_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -137,7 +161,7 @@ def create_app(
             strict_validation=False,
             swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui=False),
         )
-    app.add_middleware(_LegacyServiceInfo, position=MiddlewarePosition.BEFORE_SWAGGER)
+    app.add_middleware(_PathGuard, position=MiddlewarePosition.BEFORE_SWAGGER)
     app.add_error_handler(StoreError, _store_unavailable)
     app.app.json.sort_keys = False
     app.app.extensions[services.EXTENSION] = services.Services(

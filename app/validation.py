@@ -84,9 +84,8 @@ def _check_inputs(task: TaskIn, max_content_bytes: int) -> None:
     for i, item in enumerate(task.inputs or []):
         where = f"inputs[{i}]"
         check_path(f"{where}.path", item.path)
-        if item.content is not None:
-            if item.url:
-                raise InvalidTask(f"{where}.content", "give either url or content, not both")
+        if item.content:
+            # TES 1.1: when content is not empty, url is ignored.
             if item.type == FileType.DIRECTORY:
                 raise InvalidTask(f"{where}.content", "inline content can only be a FILE")
             size = len(item.content.encode("utf-8", "surrogatepass"))
@@ -96,7 +95,7 @@ def _check_inputs(task: TaskIn, max_content_bytes: int) -> None:
                     f"{size} bytes is over the limit of {max_content_bytes}; "
                     "put the data behind a url instead",
                 )
-        elif not item.url:
+        elif not item.url and item.content is None:
             raise InvalidTask(f"{where}.url", "an input needs a url or inline content")
 
 
@@ -109,7 +108,7 @@ def _check_outputs(task: TaskIn) -> None:
             _check_parent(f"{where}.path", item.path)
         if not item.url:
             raise InvalidTask(f"{where}.url", "an output needs a url to upload to")
-        if item.path_prefix is not None:
+        if item.path_prefix:  # TES 1.1: ignored (so may be empty) when there are no wildcards
             check_path(f"{where}.path_prefix", item.path_prefix)
             if not item.path.startswith(item.path_prefix):
                 raise InvalidTask(

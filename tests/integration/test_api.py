@@ -213,6 +213,21 @@ def test_lenient_inputs_are_accepted(api: Api) -> None:
     assert full["creation_time"] != "yesterday" and "logs" not in full
 
 
+def test_spec_example_shapes_are_accepted(api: Api) -> None:
+    """Content beside a url (content wins when not empty), empty content, empty path_prefix."""
+    body = task_body(
+        inputs=[
+            {"path": "/data/a", "url": "s3://b/a", "content": ""},
+            {"path": "/data/b", "url": "s3://b/b", "content": "wins"},
+            {"path": "/data/c", "content": ""},
+        ],
+        outputs=[{"path": "/data/out", "url": "s3://b/o", "path_prefix": ""}],
+    )
+    full = api.get(api.create(body), "FULL")
+    assert full["inputs"][1]["content"] == "wins"
+    assert full["outputs"][0]["path_prefix"] == ""
+
+
 def test_unknown_backend_parameters_dropped_with_a_log(api: Api) -> None:
     """Unknown keys are dropped, and the first attempt's system_logs say so."""
     task_id = api.create(resources={"backend_parameters": {"queue": "a", "flavour": "b"}})
@@ -255,7 +270,6 @@ def test_unknown_backend_parameters_strict_is_400(api: Api) -> None:
         ({"inputs": [{"path": "/tes", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/data/../dev/x", "content": "x"}]}, "inputs[0].path"),
         ({"inputs": [{"path": "/data/x"}]}, "inputs[0].url"),
-        ({"inputs": [{"path": "/data/x", "url": "s3://b/x", "content": "x"}]}, "inputs[0].content"),
         (
             {"inputs": [{"path": "/data/x", "content": "x", "type": "DIRECTORY"}]},
             "inputs[0].content",
@@ -279,10 +293,14 @@ def test_unknown_backend_parameters_strict_is_400(api: Api) -> None:
         ),
         ({"volumes": ["/sys"]}, "volumes[0]"),
         ({"outputs": [{"path": "/out.txt", "url": "s3://b/o"}]}, "outputs[0].path"),
-        ({"outputs": [{"path": "/*.txt", "path_prefix": "/", "url": "s3://b/"}]},
-         "outputs[0].path"),
-        ({"executors": [{"image": "a", "command": ["true"], "stdout": "/out.log"}]},
-         "executors[0].stdout"),
+        (
+            {"outputs": [{"path": "/*.txt", "path_prefix": "/", "url": "s3://b/"}]},
+            "outputs[0].path",
+        ),
+        (
+            {"executors": [{"image": "a", "command": ["true"], "stdout": "/out.log"}]},
+            "executors[0].stdout",
+        ),
         ({"tags": {"a": 1}}, "tags.a"),
         ({"resources": {"cpu_cores": -1}}, "resources.cpu_cores"),
         ({"resources": {"ram_gb": "lots"}}, "resources.ram_gb"),

@@ -6,18 +6,24 @@ real redis-server. Nothing may answer 5xx; a 200 must carry ``application/json``
 to the spec exactly (``tests.spec.check``: no extra fields); anything else must be a 4xx
 ``application/problem+json``. The spec only declares 200, so the undeclared 400/404 answers
 are expected and ``status_code_conformance`` is not run.
+
+Beyond the generated cases: GetTask and CancelTask are fuzzed on real tasks in every state,
+ListTasks is paged with real tokens, and generated task bodies, repaired to pass the server's
+own rules, must be accepted and echoed exactly by the FULL view.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -28,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 from app import queue
 from app.main import create_app
 from app.models import State
+from app.settings import Settings
 from app.store.sqlite import SqliteStore
 from tests import spec
 from tests.conftest import ROOT, make_settings
@@ -40,7 +47,13 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "seed": SEED,
         "base-url": BASE_URL,
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+        "generation": {
+            "max-examples": MAX_EXAMPLES,
+            "deterministic": True,
+            "database": "none",
+            # Shrinking a failing task body can take minutes; the failure is reported unshrunk.
+            "no-shrink": True,
+        },
         "phases": {"stateful": {"enabled": False}},
     }
 )
@@ -65,18 +78,19 @@ FUZZ_SETTINGS = settings(
     derandomize=True,
     database=None,
     deadline=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-MODES = st.sampled_from([schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+MODES = st.sampled_from(list(schemathesis.GenerationMode))
 
 
 @dataclass
 class Fuzzed:
-    """The app under fuzz, its store, and the ids of the real tasks seeded into it."""
+    """The app under fuzz, its settings, and the ids of the real tasks seeded into it."""
 
     app: Any
-    store: SqliteStore
+    settings: Settings
     task_ids: list[str]
 
 
@@ -149,7 +163,7 @@ def seed_tasks(app: Any, store: SqliteStore) -> list[str]:
     full, running, complete, failed, canceled, system_error, _queued = ids
     for task_id in (full, running, complete, failed):
         assert store.transition(task_id, State.RUNNING)
-        store.append_attempt(task_id, ATTEMPT)
+        store.append_attempt(task_id, copy.deepcopy(ATTEMPT))
     assert store.transition(complete, State.COMPLETE)
     assert store.transition(failed, State.EXECUTOR_ERROR)
     assert store.transition(canceled, State.CANCELING)
@@ -162,13 +176,16 @@ def seed_tasks(app: Any, store: SqliteStore) -> list[str]:
 @pytest.fixture(scope="module")
 def fuzzed(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     """One app for the whole module (hypothesis reruns a test body, not its fixtures)."""
+    # Module-scoped, so it takes the session's redis-server and flushes it as redis_db would.
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     tmp_path = tmp_path_factory.mktemp("fuzz")
     app_settings = make_settings(tmp_path, redis_url=redis_url)
     store = SqliteStore(tmp_path / "tasks.db")
-    app = create_app(app_settings, store, queue.TaskQueue(app_settings, queue.connect(app_settings)))
-    yield Fuzzed(app, store, seed_tasks(app, store))
+    app = create_app(
+        app_settings, store, queue.TaskQueue(app_settings, queue.connect(app_settings))
+    )
+    yield Fuzzed(app, app_settings, seed_tasks(app, store))
     store.close()
     client.flushdb()
 
@@ -180,13 +197,16 @@ def minimal_view(case: schemathesis.Case) -> bool:
     so schemathesis's ``response_schema_conformance`` can't judge those bodies:
     ``spec.check(..., minimal=True)`` does.
     """
-    return case.operation.label in MINIMAL_CAPABLE and case.query.get("view", "MINIMAL") == "MINIMAL"
+    view = (case.query or {}).get("view", "MINIMAL")
+    return case.operation.label in MINIMAL_CAPABLE and view == "MINIMAL"
 
 
 def check_response(case: schemathesis.Case, response: schemathesis.Response) -> None:
     """No 5xx; 200 is exactly the spec's JSON body; anything else is a 4xx problem+json."""
     content_type = (response.headers.get("content-type") or [""])[0]
-    where = f"{case.operation.label}: {case.as_curl_command()}\n{response.status_code} {response.text}"
+    where = (
+        f"{case.operation.label}: {case.as_curl_command()}\n{response.status_code} {response.text}"
+    )
     assert response.status_code < 500, where
     if response.status_code == 200:
         assert content_type.startswith("application/json"), where
@@ -231,6 +251,27 @@ def test_real_ids(fuzzed: Fuzzed, path: str) -> None:
     run()
 
 
+ODD_IDS = {
+    "newline": "a\nb",
+    "newline-last": "ab\n",
+    "newline-only": "\n",
+    "cr": "a\rb",
+    "nul": "a\x00b",
+    "line-separator": "a\u2028b",
+    "dotdot": "..",
+}
+
+
+@pytest.mark.parametrize("path", ["/tasks/{id}", "/tasks/{id}:cancel"])
+@pytest.mark.parametrize("task_id", list(ODD_IDS.values()), ids=list(ODD_IDS))
+def test_odd_ids_are_unknown(fuzzed: Fuzzed, path: str, task_id: str) -> None:
+    """Ids with control or separator characters are unknown ids: 404, never a 500."""
+    operation = SCHEMA[path]["GET" if path == "/tasks/{id}" else "POST"]
+    # Generated path parameters come percent-encoded; so must these.
+    case = operation.Case(path_parameters={"id": quote(task_id, safe="")})
+    assert call(case, fuzzed).status_code == 404
+
+
 def test_real_ids_every_view(fuzzed: Fuzzed) -> None:
     """Every seeded task in every view conforms, so each state and log shape is rendered."""
     operation = SCHEMA["/tasks/{id}"]["GET"]
@@ -268,7 +309,7 @@ def test_list_pages(fuzzed: Fuzzed) -> None:
         paged: list[dict[str, Any]] = []
         for _ in range(len(whole["tasks"]) // page_size + 1):
             page = listed(query)
-            assert 1 <= len(page["tasks"]) <= page_size or not page["tasks"] and not paged
+            assert 1 <= len(page["tasks"]) <= page_size or (not page["tasks"] and not paged)
             paged += page["tasks"]
             if "next_page_token" not in page:
                 break
@@ -276,5 +317,93 @@ def test_list_pages(fuzzed: Fuzzed) -> None:
         else:
             pytest.fail(f"ListTasks pages on past its one-page answer: {query}")
         assert paged == whole["tasks"]
+
+    run()
+
+
+def repaired(body: Any, honoured: list[str]) -> dict[str, Any]:
+    """A generated tesTask made to pass the server's own rules, which the spec can't express.
+
+    Paths become distinct absolute ones, executors non-empty, inputs carry url xor content and
+    backend_parameters_strict is off; every other generated value (text, maps, numbers) stays.
+    """
+    task = dict(body) if isinstance(body, dict) else {}
+    executors = [e for e in task.get("executors") or [] if isinstance(e, dict)]
+    task["executors"] = []
+    for i, executor in enumerate(executors or [{}]):
+        executor = {**executor, "image": executor.get("image") or "alpine"}
+        executor["command"] = executor.get("command") or ["true"]
+        for name in ("workdir", "stdin", "stdout", "stderr"):
+            if name in executor:
+                executor[name] = f"/work/{i}/{name}"
+        env = executor.get("env")
+        if isinstance(env, dict):
+            executor["env"] = {k: v for k, v in env.items() if k and "=" not in k and "\0" not in k}
+        task["executors"].append(executor)
+    if "inputs" in task:
+        task["inputs"] = [
+            {**item, "path": f"/in/{i}", "url": "s3://bucket/in", "type": item.get("type", "FILE")}
+            if "content" not in item
+            else {k: v for k, v in item.items() if k != "url"}
+            | {"path": f"/in/{i}", "type": "FILE"}
+            for i, item in enumerate(task["inputs"])
+        ]
+    if "outputs" in task:
+        task["outputs"] = [
+            {k: v for k, v in item.items() if k != "path_prefix"}
+            | {"path": f"/out/{i}", "url": item.get("url") or "s3://bucket/out"}
+            | {"type": item.get("type", "FILE")}
+            for i, item in enumerate(task["outputs"])
+        ]
+    if "volumes" in task:
+        task["volumes"] = [f"/vol/{i}" for i in range(len(task["volumes"]))]
+    if isinstance(task.get("resources"), dict):
+        resources = task["resources"] = dict(task["resources"])
+        for name in ("cpu_cores", "ram_gb", "disk_gb"):
+            if name in resources:
+                resources[name] = abs(resources[name])
+        resources["backend_parameters_strict"] = False
+        honoured_only = {
+            k: v for k, v in (resources.get("backend_parameters") or {}).items() if k in honoured
+        }
+        if "backend_parameters" in resources:
+            resources["backend_parameters"] = honoured_only
+    return task
+
+
+def echoed(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` as the FULL view must echo it: only the spec's fields, read-only ones dropped."""
+    if isinstance(value, dict) and "properties" in schema:
+        return {
+            key: echoed(item, schema["properties"][key])
+            for key, item in value.items()
+            if key in schema["properties"] and not schema["properties"][key].get("readOnly")
+        }
+    if isinstance(value, list) and "items" in schema:
+        return [echoed(item, schema["items"]) for item in value]
+    return value
+
+
+def test_created_tasks_round_trip(fuzzed: Fuzzed) -> None:
+    """Generated tasks, once valid for the server, are accepted and echoed exactly by FULL."""
+    create = SCHEMA["/tasks"]["POST"]
+    get = SCHEMA["/tasks/{id}"]["GET"]
+    honoured = fuzzed.settings.backend_parameters
+    task_schema = spec.schema("tesTask")
+
+    @FUZZ_SETTINGS
+    @given(case=create.as_strategy())
+    def run(case: schemathesis.Case) -> None:
+        case.body = repaired(case.body, honoured)
+        response = call(case, fuzzed)
+        assert response.status_code == 200, response.text
+        task_id = response.json()["id"]
+        full = call(get.Case(path_parameters={"id": task_id}, query={"view": "FULL"}), fuzzed)
+        shown = full.json()
+        assert (shown["id"], shown["state"]) == (task_id, "QUEUED")
+        expected = echoed(case.body, task_schema)
+        assert {k: v for k, v in shown.items() if k not in ("id", "state", "creation_time")} == (
+            expected
+        )
 
     run()

@@ -138,8 +138,8 @@ class Sequencer:
 
     def _fetch(self, item: Json) -> None:
         dest = self.paths.local(item["path"])
-        if item.get("content") is not None:
-            filers.write_content(item["content"], dest)
+        if item.get("content") or not item.get("url"):  # TES: non-empty content wins over url
+            filers.write_content(item.get("content") or "", dest)
             return
         kind = FileType(item.get("type") or "FILE")
         filers.download(item["url"], dest, kind, self.config)
