@@ -90,7 +90,9 @@ class Watcher:
         if logs:
             return len(logs) - 1
         index = self.store.append_attempt(record.id, {"logs": [], "outputs": []})
-        record.doc = dict(record.doc, logs=[{"logs": [], "outputs": [], "system_logs": record.notes}])
+        record.doc = dict(
+            record.doc, logs=[{"logs": [], "outputs": [], "system_logs": record.notes}]
+        )
         return index
 
     @staticmethod
@@ -224,4 +226,3 @@ class Watcher:
     def stop(self) -> None:
         """Ask run() to return."""
         self._stop.set()
-

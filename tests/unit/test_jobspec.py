@@ -37,15 +37,30 @@ TASKS: dict[str, dict[str, Any]] = {
             {"path": "/results/summary.txt", "url": "s3://b/summary.txt", "type": "FILE"},
         ],
         "resources": {
-            "cpu_cores": 4, "ram_gb": 7.5, "disk_gb": 20,
-            "backend_parameters": {"queue": "team-a", "priority_class": "high",
-                                   "max_run_seconds": "3600"},
+            "cpu_cores": 4,
+            "ram_gb": 7.5,
+            "disk_gb": 20,
+            "backend_parameters": {
+                "queue": "team-a",
+                "priority_class": "high",
+                "max_run_seconds": "3600",
+            },
         },
         "executors": [
-            {"image": "bwa", "command": ["bwa", "mem", "/ref/g.fa", "/data/reads.fq"],
-             "stdout": "/data/out/a.sam", "workdir": "/data", "env": {"B": "2", "A": "1"}},
-            {"image": "samtools", "command": ["sh", "-c", "samtools sort > x"],
-             "stdin": "/data/out/a.sam", "stderr": "/logs/sort.err", "ignore_error": True},
+            {
+                "image": "bwa",
+                "command": ["bwa", "mem", "/ref/g.fa", "/data/reads.fq"],
+                "stdout": "/data/out/a.sam",
+                "workdir": "/data",
+                "env": {"B": "2", "A": "1"},
+            },
+            {
+                "image": "samtools",
+                "command": ["sh", "-c", "samtools sort > x"],
+                "stdin": "/data/out/a.sam",
+                "stderr": "/logs/sort.err",
+                "ignore_error": True,
+            },
         ],
         "volumes": ["/scratch"],
         "tags": {"project": "p"},
@@ -80,7 +95,8 @@ def test_pod_layout() -> None:
     assert sequencer["startupProbe"]["exec"]["command"] == ["test", "-e", "/tes/staged"]
     assert spec["suspend"] is True and spec["backoffLimit"] == 0
     assert spec["podFailurePolicy"]["rules"][0] == {
-        "action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget"}],
     }
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -133,8 +149,10 @@ def test_nested_paths_collapse() -> None:
     task = dict(
         TASKS["minimal"],
         volumes=["/data"],
-        inputs=[{"path": "/data/in/x.txt", "content": "x"}, {"path": "/data/ref", "url": "u",
-                                                            "type": "DIRECTORY"}],
+        inputs=[
+            {"path": "/data/in/x.txt", "content": "x"},
+            {"path": "/data/ref", "url": "u", "type": "DIRECTORY"},
+        ],
         outputs=[{"path": "/data/out/y.txt", "url": "u"}],
     )
     assert jobspec.plan_mounts(task) == [Mount("/data", "dir")]
