@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from app.models import State
 from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
 
 # `doc` is the last column: a large doc spills into overflow pages, and columns stored after
-# it would have to be read from there too.
+# it would have to be read from there too. Each index costs a page written per create, so
+# owner is in the state index only; the planner weighs the owner's own stream against tags
+# and names instead.
 _SCHEMA = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS tasks (
@@ -33,20 +35,17 @@ CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, id, state);
 CREATE INDEX IF NOT EXISTS tasks_owner_state ON tasks (owner, state, id);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, id);
-CREATE INDEX IF NOT EXISTS tasks_owner_name ON tasks (owner, name, id);
 CREATE TABLE IF NOT EXISTS tags (
-    task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, owner TEXT NOT NULL,
-    PRIMARY KEY (task_id, key)
+    task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tags_key ON tags (key, task_id);
 CREATE INDEX IF NOT EXISTS tags_kv ON tags (key, value, task_id);
-CREATE INDEX IF NOT EXISTS tags_owner_key ON tags (owner, key, task_id);
-CREATE INDEX IF NOT EXISTS tags_owner_kv ON tags (owner, key, value, task_id);
 COMMIT;
 """
 
 _INSERT = "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)"
 _UPDATE = "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?"
+_TAG = "INSERT INTO tags (task_id, key, value) VALUES (?, ?, ?)"
 
 #: How many matches of a filter the planner looks at: up to _SORTABLE name matches are cheap
 #: to sort by id; for the other filters, where the _SAMPLE-th newest match lies tells density.
@@ -63,20 +62,19 @@ class _Stream:
     terms: tuple[str, ...]
     params: tuple[Any, ...]
     tag: str | None = None  # the tag key a "tag" stream serves, from the tags table
+    owner: bool = False  # the index applies the owner filter itself
 
     def where(self, alias: str) -> str:
         """Return the terms as one condition on table ``alias``."""
         return " AND ".join(f"{alias}.{term}" for term in self.terms) or "1"
 
 
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class _Holder:
     """One thread's connection; a weakly referenceable box so close() can find it."""
 
-    __slots__ = ("__weakref__", "db", "pid")
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.pid = os.getpid()
+    db: sqlite3.Connection
+    pid: int = field(default_factory=os.getpid)
 
 
 @contextmanager
@@ -171,10 +169,7 @@ class SqliteStore:
             row = (record.id, State(record.state).value, record.owner, doc.get("name"))
             notes = _dumps(list(record.notes))
             db.execute(_INSERT, (*row, notes, _dumps(doc)))
-            db.executemany(
-                "INSERT INTO tags (task_id, key, value, owner) VALUES (?, ?, ?, ?)",
-                [(record.id, key, str(value), record.owner) for key, value in tags.items()],
-            )
+            db.executemany(_TAG, [(record.id, key, str(value)) for key, value in tags.items()])
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
@@ -207,9 +202,8 @@ class SqliteStore:
             sql, params = _listing(stream, flt, minimal, window)
             rows = db.execute(sql, (*params, page_size + 1)).fetchall()
             if window and len(rows) <= page_size:
-                # A dense name prefix that is rare among the newest tasks: go on in id order
-                # only if the matches seen promise a page within _SORTABLE rows, else sort
-                # every match (bounded by their number, however old they are).
+                # A dense name prefix, rare among the newest tasks: go on in id order if the
+                # matches seen promise a page within _SORTABLE rows, else sort every match.
                 need = page_size + 1 - len(rows)
                 if len(rows) * _SORTABLE < need * window:
                     stream = next(s for s in streams if s.kind == "name")
@@ -298,36 +292,39 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
 
 
 def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Stream]:
-    """Return the filters' own index streams, and the plain id-order stream to fall back on."""
+    """Return the filters' own index streams, and the owner's (or all) id-order stream."""
     own: tuple[str, ...] = ("owner = ?",) if flt.owner is not None else ()
     own_p: tuple[Any, ...] = (flt.owner,) if flt.owner is not None else ()
     lt: tuple[str, ...] = ("id < ?",) if before else ()
     lt_p: tuple[Any, ...] = (before,) if before else ()
-    pre = "owner_" if own else ""
     streams: list[_Stream] = []
     for key, value in flt.tags.items():
         kv: tuple[str, ...] = ("value = ?",) if value else ()
-        terms = (*own, "key = ?", *kv, *(f"task_{term}" for term in lt))
-        params = (*own_p, key, *((value,) if value else ()), *lt_p)
-        index = f"tags_{pre}{'kv' if value else 'key'}"
-        streams.append(_Stream("tag", index, terms, params, tag=key))
+        terms = ("key = ?", *kv, *(f"task_{term}" for term in lt))
+        params = (key, *((value,) if value else ()), *lt_p)
+        streams.append(_Stream("tag", f"tags_{'kv' if value else 'key'}", terms, params, key))
     if flt.state is not None:
         terms, params = (*own, "state = ?", *lt), (*own_p, flt.state.value, *lt_p)
-        streams.append(_Stream("state", f"tasks_{pre}state", terms, params))
+        index = "tasks_owner_state" if own else "tasks_state"
+        streams.append(_Stream("state", index, terms, params, owner=True))
     if flt.name_prefix:
         end = _prefix_end(flt.name_prefix)
         upper: tuple[str, ...] = ("name < ?",) if end is not None else ()
-        terms = (*own, "name >= ?", *upper, *lt)
-        params = (*own_p, flt.name_prefix, *((end,) if end is not None else ()), *lt_p)
-        streams.append(_Stream("name", f"tasks_{pre}name", terms, params))
-    base = _Stream("base", "tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p))
+        terms = ("name >= ?", *upper, *lt)
+        params = (flt.name_prefix, *((end,) if end is not None else ()), *lt_p)
+        streams.append(_Stream("name", "tasks_name", terms, params))
+    base = _Stream("base", "tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p), owner=True)
     return streams, base
 
 
 def _choose(db: sqlite3.Connection, streams: list[_Stream], base: _Stream) -> _Stream:
     """Pick the stream that finds a page soonest, from a capped look at each one's matches."""
-    if not streams or (len(streams) == 1 and streams[0].kind != "name"):
-        return streams[0] if streams else base
+    if not streams:
+        return base
+    if len(streams) == 1 and streams[0].kind != "name" and (streams[0].owner or base.index is None):
+        return streams[0]
+    if base.index is not None:  # an owner filter: the owner's own stream is a candidate too
+        streams = [*streams, base]
     ranked: list[tuple[int, int, str, _Stream]] = []
     for stream in streams:
         table, col = ("tags", "task_id") if stream.tag is not None else ("tasks", "id")
@@ -371,6 +368,9 @@ def _listing(
         )
         params.extend(stream.params)
     # A leading + keeps a term off the indexes, so SQLite drives from the chosen one only.
+    if flt.owner is not None and not stream.owner:
+        where.append("+t.owner = ?")
+        params.append(flt.owner)
     if flt.state is not None and stream.kind != "state":
         where.append("+t.state = ?")
         params.append(flt.state.value)

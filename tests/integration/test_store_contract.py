@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +54,9 @@ def record(
 ) -> TaskRecord:
     """A new task record with a fresh id."""
     task_id = ids.new_id()
-    doc: dict[str, Any] = {
-        "id": task_id,
-        "state": state.value,
-        "executors": [{"image": "alpine", "command": ["echo", "hi"]}],
-        "creation_time": "2024-01-01T00:00:00Z",
-    }
-    if name is not None:
-        doc["name"] = name
-    if tags is not None:
-        doc["tags"] = tags
+    doc: dict[str, Any] = {"id": task_id, "state": state.value, "name": name, "tags": tags}
+    doc = {k: v for k, v in doc.items() if v is not None}
+    doc["executors"] = [{"image": "alpine", "command": ["echo", "hi"]}]
     return TaskRecord(id=task_id, state=state, owner=owner, doc=doc, notes=list(notes or []))
 
 
@@ -84,9 +79,6 @@ def listed(store: TaskStore, flt: TaskFilter, page_size: int = 1000) -> list[str
         before = page.records[-1].id
 
 
-# -- create / get -------------------------------------------------------------------------
-
-
 def test_create_get_round_trip(store: TaskStore) -> None:
     rec = record(name="n", tags={"a": "1"}, notes=["dropped x"])
     store.create(rec)
@@ -100,29 +92,10 @@ def test_create_get_round_trip(store: TaskStore) -> None:
     assert got.doc["state"] == "QUEUED"
     assert "owner" not in got.doc and "notes" not in got.doc
     assert store.get(ids.new_id()) is None
-
-
-def test_state_in_doc_follows_the_state(store: TaskStore) -> None:
-    task_id = add(store)
-    assert store.transition(task_id, State.RUNNING)
-    got = store.get(task_id)
-    assert got is not None and got.state is State.RUNNING and got.doc["state"] == "RUNNING"
-
-
-def test_duplicate_create_raises(store: TaskStore) -> None:
-    rec = record()
-    store.create(rec)
+    assert store.get(rec.id, owner="alice") is not None
+    assert store.get(rec.id, owner="bob") is None
     with pytest.raises(StoreError):
         store.create(rec)
-
-
-def test_get_with_owner(store: TaskStore) -> None:
-    task_id = add(store, owner="alice")
-    assert store.get(task_id, owner="alice") is not None
-    assert store.get(task_id, owner="bob") is None
-
-
-# -- list ---------------------------------------------------------------------------------
 
 
 def test_list_newest_first_with_pages(store: TaskStore) -> None:
@@ -141,18 +114,13 @@ def test_keyset_pagination_yields_each_once(store: TaskStore) -> None:
         assert listed(store, TaskFilter(), size) == made[::-1]
 
 
-def test_full_listing_returns_docs(store: TaskStore) -> None:
-    task_id = add(store, name="x", tags={"k": "v"})
+def test_full_and_minimal_listing(store: TaskStore) -> None:
+    rec = record(name="x", tags={"k": "v"})
+    store.create(rec)
     [got] = store.list(TaskFilter(), 5).records
-    assert got.id == task_id and got.owner == "alice"
-    assert got.doc["name"] == "x" and got.doc["tags"] == {"k": "v"} and got.doc["state"] == "QUEUED"
-
-
-def test_minimal_listing_is_id_and_state(store: TaskStore) -> None:
-    task_id = add(store, name="x", tags={"k": "v"})
+    assert got.id == rec.id and got.owner == "alice" and got.doc == rec.doc
     [got] = store.list(TaskFilter(), 5, minimal=True).records
-    assert got.doc == {"id": task_id, "state": "QUEUED"}
-    assert got.state is State.QUEUED
+    assert got.doc == {"id": rec.id, "state": "QUEUED"} and got.state is State.QUEUED
 
 
 @pytest.fixture
@@ -226,9 +194,6 @@ def test_filters_with_many_tasks_and_pagination(store: TaskStore) -> None:
     assert listed(store, TaskFilter(tags={"i": "150"}), 9) == [made["all"][150]]
 
 
-# -- transitions --------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(("start", "to"), list(itertools.product(State, State)))
 def test_transition_table(store: TaskStore, start: State, to: State) -> None:
     task_id = add(store, state=start)
@@ -236,6 +201,7 @@ def test_transition_table(store: TaskStore, start: State, to: State) -> None:
     assert moved == (start in ALLOWED_FROM.get(to, ()))
     got = store.get(task_id)
     assert got is not None and got.state is (to if moved else start)
+    assert got.doc["state"] == got.state.value
 
 
 @pytest.mark.parametrize("start", sorted(TERMINAL, key=lambda s: s.value))
@@ -262,28 +228,16 @@ def test_concurrent_transitions_have_one_winner(store: TaskStore) -> None:
         barrier = threading.Barrier(8)
         wins: list[State] = []
 
-        def race(
-            to: State,
-            task_id: str = task_id,
-            barrier: threading.Barrier = barrier,
-            wins: list[State] = wins,
-        ) -> None:
+        def race(to: State, task_id: str = task_id, barrier: threading.Barrier = barrier) -> bool:
             barrier.wait()
-            if store.transition(task_id, to, expect=[State.QUEUED]):
-                wins.append(to)
+            return store.transition(task_id, to, expect=[State.QUEUED])
 
         targets = [State.CANCELING, State.RUNNING] * 4
-        threads = [threading.Thread(target=race, args=(to,)) for to in targets]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(8) as pool:
+            wins = [to for to, won in zip(targets, pool.map(race, targets), strict=True) if won]
         assert len(wins) == 1
         got = store.get(task_id)
         assert got is not None and got.state is wins[0]
-
-
-# -- attempts -----------------------------------------------------------------------------
 
 
 def test_attempts_and_notes(store: TaskStore) -> None:
@@ -298,25 +252,16 @@ def test_attempts_and_notes(store: TaskStore) -> None:
     assert logs[0]["system_logs"] == ["dropped backend parameter x", "admitted"]
     assert "system_logs" not in logs[1]
     assert store.append_attempt(task_id, {"logs": []}) == 2
-
-
-def test_first_attempt_without_notes(store: TaskStore) -> None:
-    task_id = add(store)
-    assert store.append_attempt(task_id, {"logs": [], "outputs": []}) == 0
-    got = store.get(task_id)
-    assert got is not None and got.doc["logs"] == [{"logs": [], "outputs": []}]
-
-
-def test_first_attempt_takes_notes_without_system_logs(store: TaskStore) -> None:
-    task_id = add(store, notes=["a", "b"])
-    assert store.append_attempt(task_id, {"logs": []}) == 0
-    got = store.get(task_id)
-    assert got is not None and got.doc["logs"][0]["system_logs"] == ["a", "b"]
-
-
-def test_append_attempt_to_missing_task_raises(store: TaskStore) -> None:
     with pytest.raises(StoreError):
         store.append_attempt(ids.new_id(), {"logs": []})
+
+
+@pytest.mark.parametrize(("notes", "first"), [([], None), (["a", "b"], ["a", "b"])])
+def test_first_attempt_system_logs(store: TaskStore, notes: list[str], first: Any) -> None:
+    task_id = add(store, notes=notes)
+    assert store.append_attempt(task_id, {"logs": [], "outputs": []}) == 0
+    got = store.get(task_id)
+    assert got is not None and got.doc["logs"][0].get("system_logs") == first
 
 
 def test_update_attempt(store: TaskStore) -> None:
@@ -337,17 +282,12 @@ def test_update_attempt(store: TaskStore) -> None:
     ]
 
 
-# -- watcher queries, close ---------------------------------------------------------------
-
-
 def test_ids_in_states_oldest_first(store: TaskStore) -> None:
     states = [State.QUEUED, State.RUNNING, State.COMPLETE, State.CANCELING, State.QUEUED]
     made = [add(store, state=s) for s in states]
-    active = [made[i] for i in (0, 1, 3, 4)]
-    assert store.ids_in_states([State.QUEUED, State.RUNNING, State.CANCELING]) == active
-    assert (
-        store.ids_in_states([State.QUEUED, State.RUNNING, State.CANCELING], limit=2) == active[:2]
-    )
+    active, watched = [made[i] for i in (0, 1, 3, 4)], set(states) - {State.COMPLETE}
+    assert store.ids_in_states(watched) == active
+    assert store.ids_in_states(watched, limit=2) == active[:2]
     assert store.ids_in_states([State.PAUSED]) == []
     assert store.ids_in_states([]) == []
 
@@ -359,9 +299,6 @@ def test_close(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         sqlite_store.get(ids.new_id())
     MongoStore(mongomock.MongoClient(), "db").close()
-
-
-# -- SQLite only --------------------------------------------------------------------------
 
 
 def test_sqlite_stores_on_one_file_share_writes(tmp_path: Path) -> None:
@@ -383,21 +320,9 @@ def test_sqlite_stores_on_one_file_share_writes(tmp_path: Path) -> None:
 def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
     sqlite_store = SqliteStore(tmp_path / "tasks.db")
     task_id = add(sqlite_store)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            for _ in range(20):
-                sqlite_store.append_attempt(task_id, {"logs": []})
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    with ThreadPoolExecutor(4) as pool:
+        indexes = list(pool.map(lambda _: sqlite_store.append_attempt(task_id, {}), range(80)))
+    assert sorted(indexes) == list(range(80))
     got = sqlite_store.get(task_id)
     assert got is not None and len(got.doc["logs"]) == 80
     sqlite_store.close()
@@ -408,3 +333,54 @@ def test_open_store_picks_sqlite_by_default(tmp_path: Path) -> None:
     assert isinstance(opened, SqliteStore)
     assert (tmp_path / "data" / "tasks.db").exists()
     opened.close()
+
+
+@pytest.mark.parametrize("caps", [(1, 1), (2, 3), (4, 1), (8, 2), (16, 4)])
+def test_sqlite_planner_paths_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps: tuple[int, int]
+) -> None:
+    # Tiny caps make every filter "dense", so the id-order scans, the density sampling and
+    # the name-window fallback all run on a small store; they must list the same tasks.
+    from app.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_SORTABLE", caps[0])
+    monkeypatch.setattr(sqlite_module, "_SAMPLE", caps[1])
+    sqlite_store = SqliteStore(tmp_path / "tasks.db")
+    rng = random.Random(7)
+    # The oldest tasks share a prefix that none of the newest have: the name window case.
+    tasks = [record(name="zz-old") for _ in range(30)]
+    for rec in tasks:
+        sqlite_store.create(rec)
+    for i in range(120):
+        name = rng.choice(["a-", "ab-", "b-", "a%_"]) + str(i) if i % 5 else None
+        tags = {k: rng.choice(["x", "y"]) for k in ("k1", "k2", "k3") if rng.random() < 0.5}
+        state = rng.choice([State.QUEUED, State.RUNNING, State.COMPLETE])
+        rec = record(state=state, owner=rng.choice(["alice", "bob"]), name=name, tags=tags)
+        sqlite_store.create(rec)
+        tasks.append(rec)
+
+    def matches(rec: TaskRecord, flt: TaskFilter) -> bool:
+        tags = rec.doc.get("tags") or {}
+        name = rec.doc.get("name")
+        return (
+            (flt.owner is None or rec.owner == flt.owner)
+            and (flt.state is None or rec.state is flt.state)
+            and (not flt.name_prefix or (name or "").startswith(flt.name_prefix))
+            and all(k in tags and (not v or tags[k] == v) for k, v in flt.tags.items())
+        )
+
+    newest_first = sorted(tasks, key=lambda r: r.id, reverse=True)
+    for flt in [
+        TaskFilter(name_prefix="a"),
+        TaskFilter(name_prefix="a%_"),
+        TaskFilter(name_prefix="zz-"),
+        TaskFilter(owner="bob", name_prefix="a"),
+        TaskFilter(tags={"k1": "", "k2": "x"}),
+        TaskFilter(tags={"k1": "x", "k2": "", "k3": "y"}, state=State.RUNNING),
+        TaskFilter(state=State.QUEUED, name_prefix="ab"),
+        TaskFilter(owner="alice", state=State.COMPLETE, tags={"k3": ""}, name_prefix="b"),
+    ]:
+        want = [r.id for r in newest_first if matches(r, flt)]
+        for size in (1, 3, 50, 500):
+            assert listed(sqlite_store, flt, size) == want, (flt, size)
+    sqlite_store.close()
