@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import connexion
+import flask
 from connexion.exceptions import BadRequestProblem
+from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 from connexion.resolver import Resolver
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from app import problems, queue, services, store
+from app import frontdoor, problems, queue, services, store
 from app.settings import Settings
 from app.store.base import StoreError, TaskStore
 
@@ -89,45 +91,6 @@ def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
     return _LimitedJSONBody
 
 
-class _PathGuard:
-    """Fix up paths before routing.
-
-    * py-tes 0.4's `GET /v1/tasks/service-info` is served as `/v1/service-info` (routing would
-      otherwise read it as GetTask("service-info")).
-    * A path with a line break can match no operation (routes match up to one); answer 404 here,
-      before the framework's own router would call a handler outside Connexion's context.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope.get("path", "")
-            if path == "/v1/tasks/service-info":
-                scope = dict(scope, path="/v1/service-info", raw_path=b"/v1/service-info")
-            elif "\n" in path:
-                response = problems.problem(404, "Not Found", "no such resource")
-                await _send(response, send)
-                return
-        await self.app(scope, receive, send)
-
-
-async def _send(response: ConnexionResponse, send: Send) -> None:
-    body = response.body.encode() if isinstance(response.body, str) else response.body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [
-                (b"content-type", str(response.content_type).encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 def _store_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.error("store error on %s %s: %s", request.method, request.url.path, exc)
     return problems.problem(
@@ -149,7 +112,13 @@ def create_app(
     body["*/*json"] = _body_validator(settings.max_body_bytes)
     validators["body"] = type(VALIDATOR_MAP["body"])(body)
 
-    app = connexion.FlaskApp(__name__, specification_dir=SPEC_DIR)
+    svc = services.Services(
+        settings=settings,
+        store=task_store or store.open_store(settings),
+        queue=task_queue or queue.TaskQueue(settings, queue.connect(settings)),
+    )
+    # No indent: an indented dump takes Python's slow JSON encoder (ten times slower on pages).
+    app = connexion.FlaskApp(__name__, specification_dir=SPEC_DIR, jsonifier=Jsonifier(flask.json))
     for base_path in BASE_PATHS:
         app.add_api(
             SPEC_FILE,
@@ -161,12 +130,10 @@ def create_app(
             strict_validation=False,
             swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui=False),
         )
-    app.add_middleware(_PathGuard, position=MiddlewarePosition.BEFORE_SWAGGER)
+    app.add_middleware(
+        frontdoor.FrontDoor, position=MiddlewarePosition.BEFORE_SWAGGER, services=svc
+    )
     app.add_error_handler(StoreError, _store_unavailable)
     app.app.json.sort_keys = False
-    app.app.extensions[services.EXTENSION] = services.Services(
-        settings=settings,
-        store=task_store or store.open_store(settings),
-        queue=task_queue or queue.TaskQueue(settings, queue.connect(settings)),
-    )
+    app.app.extensions[services.EXTENSION] = svc
     return app

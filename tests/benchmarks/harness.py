@@ -164,31 +164,40 @@ class Latency:
 
 
 def latency(
-    port: int, path: str, count: int = 200, warmup: int = 20, max_seconds: float = 4.0
-) -> Latency:
-    """Time ``count`` sequential GETs of ``path`` (fewer if ``max_seconds`` runs out)."""
+    port: int, *paths: str, count: int = 200, block: int = 10, max_seconds: float = 2.5
+) -> list[Latency]:
+    """Time ``count`` sequential GETs of each of ``paths`` on one keep-alive connection.
+
+    The paths take turns in blocks of ``block`` requests, so a path and its reference see the
+    same background load, while the first request of a block, which may pay for the previous
+    path's garbage, stays out of the median. The first round warms up and is not timed; fewer
+    requests are timed if ``max_seconds`` runs out first (never fewer than 20).
+    """
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    samples: list[float] = []
-    raw = b""
+    samples: list[list[float]] = [[] for _ in paths]
+    bodies: list[bytes] = [b"" for _ in paths]
     deadline = float("inf")
+    warming = True
     try:
-        for i in range(warmup + count):
-            start = time.perf_counter()
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            raw = resp.read()
-            elapsed = time.perf_counter() - start
-            if resp.status != 200:
-                raise RuntimeError(f"GET {path}: HTTP {resp.status}: {raw[:300]!r}")
-            if i == warmup:
-                deadline = time.perf_counter() + max_seconds
-            if i >= warmup:
-                samples.append(elapsed)
-                if time.perf_counter() > deadline and len(samples) >= 20:
-                    break
+        while len(samples[0]) < count:
+            for j, path in enumerate(paths):
+                for _ in range(block):
+                    start = time.perf_counter()
+                    conn.request("GET", path)
+                    resp = conn.getresponse()
+                    bodies[j] = resp.read()
+                    elapsed = time.perf_counter() - start
+                    if resp.status != 200:
+                        raise RuntimeError(f"GET {path}: HTTP {resp.status}: {bodies[j][:300]!r}")
+                    if not warming:
+                        samples[j].append(elapsed)
+            if warming:
+                warming, deadline = False, time.perf_counter() + max_seconds
+            elif time.perf_counter() > deadline and len(samples[0]) >= 20:
+                break
     finally:
         conn.close()
-    return Latency(samples=samples, body=json.loads(raw))
+    return [Latency(samples=s, body=json.loads(b)) for s, b in zip(samples, bodies, strict=True)]
 
 
 # -- load generators ----------------------------------------------------------------------------
@@ -308,14 +317,10 @@ class PythonLoad(LoadGenerator):
 
 
 def load_generator(connections: int, duration: float, warmup: float) -> LoadGenerator:
-    """Return wrk if it is installed, else the Python fallback (saying so on stderr)."""
+    """Return wrk if it is installed, else the Python fallback."""
     binary = shutil.which("wrk")
     if binary:
         return Wrk(binary, connections, duration, warmup)
-    note(
-        "wrk is not on PATH: falling back to a Python load generator, which is much weaker; "
-        "install wrk (Debian/Ubuntu: apt-get install -y wrk) for meaningful throughput ratios"
-    )
     return PythonLoad(connections, duration, warmup)
 
 

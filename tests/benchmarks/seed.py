@@ -173,6 +173,9 @@ def seeded_db(dest: Path) -> Path:
                 building.rename(cache)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+        for stale in cache.parent.glob(f"v*-{TASKS}-*"):  # stores of older code: 200 MB each
+            if stale != cache and ".tmp-" not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cached, dest)
     return dest
