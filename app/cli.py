@@ -30,24 +30,50 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _local_cluster(settings: Settings) -> Any:
+    import os
+
+    from worker.cluster.base import PermanentError
+    from worker.cluster.local.cluster import LocalCluster
+
+    cpu = settings.local_cpu or float(os.cpu_count() or 1)
+    memory = settings.local_memory_bytes or (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    )
+    try:
+        return LocalCluster(settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap)
+    except PermanentError as exc:
+        sys.exit(f"kueue-tes serve: {exc}")
+
+
 def serve(settings: Settings) -> None:
-    """Run API, queue and worker in this one process, on the embedded store and queue."""
+    """Run API, queue, worker, watcher and the local runtime in this one process."""
     # Connexion imports Starlette's test client, which warns about httpx on every start.
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    import threading
+
     import uvicorn
 
     from app import queue, store
     from app.main import create_app
     from worker import context
+    from worker.watcher import Watcher
 
+    # The local runtime ignores images: our own containers run this very interpreter.
+    settings = settings.model_copy(update={"pod_python": sys.executable})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    cluster = _local_cluster(settings)
     task_store = store.open_store(settings)
     connection = queue.connect(settings)
-    context.install(context.Context(settings=settings, store=task_store))
+    task_queue = queue.TaskQueue(settings, connection)
+    context.install(context.Context(settings=settings, store=task_store, cluster=cluster))
     queue.start_thread_worker(settings, connection)
-    app = create_app(settings, task_store, queue.TaskQueue(settings, connection))
+    watcher = Watcher(task_store, cluster, resubmit=task_queue.submit)
+    threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True).start()
+    app = create_app(settings, task_store, task_queue)
     log.info(
-        "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s)",
+        "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s, "
+        "runtime: local, images are not pulled)",
         settings.host,
         settings.port,
         (settings.mongo_uri and "MongoDB") or settings.store_path(),
@@ -56,6 +82,8 @@ def serve(settings: Settings) -> None:
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        watcher.stop()
+        cluster.close()
         task_store.close()
 
 

@@ -170,6 +170,17 @@ class Settings(BaseSettings):
         default=4, description="Transfers the sequencer runs at once."
     )
 
+    # -- the local runtime of `kueue-tes serve` (docs/local-runtime.md) ------------------------
+    local_cpu: float | None = Field(
+        default=None,
+        description="cpu cores the local runtime admits at once (its quota); default: all.",
+    )
+    local_memory_bytes: int | None = Field(
+        default=None,
+        description="Memory the local runtime admits at once (bytes); default: all of it.",
+    )
+    bwrap: str = Field(default="bwrap", description="The bubblewrap executable.")
+
     # -- security -----------------------------------------------------------------------------
     auth: Literal["none"] = Field(
         default="none",

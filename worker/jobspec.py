@@ -15,7 +15,7 @@ from app.settings import Settings
 from worker.cluster.base import MANAGED_BY, QUEUE_NAME, TASK_ID
 
 CONTROL = "/tes"
-WORK = "/work"
+WORK = "/var/lib/kueue-tes/work"
 TASK_DIR = "/etc/kueue-tes/task"
 BUSYBOX = f"{CONTROL}/bin/busybox"
 RUNNER = f"{CONTROL}/bin/runner.sh"

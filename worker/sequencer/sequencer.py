@@ -49,7 +49,7 @@ class Paths:
     """Where the sequencer finds things in its container."""
 
     control: Path = Path("/tes")
-    work: Path = Path("/work")
+    work: Path = Path("/var/lib/kueue-tes/work")
     task_dir: Path = Path("/etc/kueue-tes/task")
 
     def local(self, container_path: str) -> Path:
@@ -232,10 +232,12 @@ def _tail(path: Path) -> str:
 def main() -> int:
     """Entry point of the sequencer container."""
     logging.basicConfig(level="INFO", format="sequencer %(levelname)s %(name)s: %(message)s")
+    # As the first process of its container SIGTERM would be ignored: end promptly instead.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     report = Report()
     paths = Paths(
         control=Path(os.environ.get("KUEUE_TES_CONTROL_DIR", "/tes")),
-        work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/work")),
+        work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/var/lib/kueue-tes/work")),
         task_dir=Path(os.environ.get("KUEUE_TES_TASK_DIR", "/etc/kueue-tes/task")),
     )
     try:
