@@ -101,3 +101,29 @@ def test_serve_runs_the_api_queue_and_worker(served: str, tmp_path: Path) -> Non
     _wait_state(served, task_id, "CANCELED")  # the embedded worker ran the cancel job
     assert (tmp_path / "data" / "tasks.db").exists()
     assert _call(served, "GET", "/v1/tasks/unknown")[0] == 404
+
+
+def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
+    """No bwrap: serve exits at once and says how to install it, without a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
+    env["KUEUE_TES_BWRAP"] = str(tmp_path / "no-such-bwrap")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "bubblewrap" in proc.stderr and "apt-get install bubblewrap" in proc.stderr
+    assert "Traceback" not in proc.stderr
