@@ -10,6 +10,7 @@ mapped to our local copies (see ``EXTERNAL_SCHEMA_MAP``).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,10 @@ def _assert_same(expected: Any, actual: Any, where: str) -> None:
 def reference() -> dict[str, Any]:
     """Load the published GA4GH TES 1.1 OpenAPI document."""
     if not REFERENCE_SPEC.is_file():
-        pytest.skip(f"reference spec not found at {REFERENCE_SPEC} (needs ../shared beside repo)")
+        message = f"reference spec not found at {REFERENCE_SPEC} (needs ../shared beside repo)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI always has shared/ beside the clone: never skip there
+        pytest.skip(message)
     return _load(REFERENCE_SPEC)
 
 
