@@ -1,4 +1,4 @@
-"""The `kueue-tes` command: serve (all in one), api, worker, settings."""
+"""The `kueue-tes` command: serve (all in one), api, worker, settings, manifest."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def serve(settings: Settings) -> None:
     """Run API, queue, worker, watcher and the local runtime in this one process."""
     # Connexion imports Starlette's test client, which warns about httpx on every start.
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    import signal
     import threading
 
     import uvicorn
@@ -69,7 +70,8 @@ def serve(settings: Settings) -> None:
     context.install(context.Context(settings=settings, store=task_store, cluster=cluster))
     queue.start_thread_worker(settings, connection)
     watcher = Watcher(task_store, cluster, resubmit=task_queue.submit)
-    threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True).start()
+    watching = threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True)
+    watching.start()
     app = create_app(settings, task_store, task_queue)
     log.info(
         "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s, "
@@ -79,12 +81,20 @@ def serve(settings: Settings) -> None:
         (settings.mongo_uri and "MongoDB") or settings.store_path(),
         settings.redis_url or "embedded",
     )
+    # uvicorn re-raises SIGTERM once it has shut down; with the default action that would end
+    # the process before `finally`, leaving the pods' sandboxes to --die-with-parent (racy).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         watcher.stop()
-        cluster.close()
+        cluster.close()  # kills every pod's processes and waits until they are gone
+        watching.join(5)
         task_store.close()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def api(settings: Settings) -> None:
@@ -123,6 +133,59 @@ def worker(settings: Settings, burst: bool = False) -> None:
     queue.run_worker(settings, queue.connect(settings), burst=burst)
 
 
+def watch(settings: Settings) -> None:
+    """Run the watcher against Kubernetes; of several replicas, the Lease holder works."""
+    import importlib
+    import os
+    import signal
+    import socket
+
+    from app import queue, store
+    from worker.election import Elector
+    from worker.watcher import Watcher
+
+    if not settings.redis_url:
+        sys.exit("kueue-tes watch: set KUEUE_TES_REDIS_URL to the queue the API enqueues on")
+    try:  # imported by name: the only module that imports the kubernetes client
+        backend = importlib.import_module("worker.cluster.kubernetes")
+    except ImportError as exc:
+        sys.exit(f"kueue-tes watch: the Kubernetes backend is not available: {exc}")
+    cluster: Any = backend.KubernetesCluster.from_config(settings.namespace)
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        elector = Elector(
+            cluster,
+            settings.lease_name,
+            identity,
+            settings.lease_duration_seconds,
+            settings.lease_renew_seconds,
+        )
+    except ValueError as exc:
+        sys.exit(f"kueue-tes watch: {exc}")
+    task_store = store.open_store(settings)
+    task_queue = queue.TaskQueue(settings, queue.connect(settings))
+    watcher = Watcher(
+        task_store,
+        cluster,
+        resubmit=task_queue.submit,
+        grace_seconds=settings.resubmit_grace_seconds,
+        recancel=task_queue.cancel,
+        image_pull_grace_seconds=settings.image_pull_grace_seconds,
+        no_workload_seconds=settings.no_workload_seconds,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
+    log.info("kueue-tes watch: %s stands for Lease %s", identity, settings.lease_name)
+    elector.start()
+    try:
+        watcher.run(settings.resync_seconds, leader=lambda: elector.is_leader)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        elector.stop()  # gives the Lease up: a standby leads without waiting for it to expire
+        cluster.close()
+        task_store.close()
+
+
 def settings_table() -> str:
     """Return every setting as a Markdown table: variable, default, meaning."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
@@ -135,6 +198,87 @@ def settings_table() -> str:
         shown = "" if default is None else f"`{default}`"
         rows.append(f"| `KUEUE_TES_{name.upper()}` | {shown} | {info.description} |")
     return "\n".join(rows) + "\n"
+
+
+#: The id `kueue-tes manifest` gives the task it prints; CreateTask assigns a real one.
+MANIFEST_ID = "0" * 26
+
+
+def _settings_file(path: Path) -> dict[str, str]:
+    """Read the ``KUEUE_TES_<SETTING>=value`` lines of a dotenv-style file as Settings fields."""
+    fields: dict[str, str] = {}
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.removeprefix("export ").partition("=")
+        field = name.strip().lower().removeprefix("kueue_tes_")
+        if (
+            not equals
+            or not name.strip().upper().startswith("KUEUE_TES_")
+            or (field not in Settings.model_fields)
+        ):
+            raise ValueError(f"{path}:{number}: not a KUEUE_TES_<SETTING>=value line: {line}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        fields[field] = value
+    return fields
+
+
+def manifest(task_file: str, settings_file: Path | None) -> int:
+    """Print, as YAML, the ConfigMap and Job the worker would create for a task; return 0 or 2."""
+    import json
+
+    import yaml
+    from pydantic import ValidationError
+
+    from app import validation
+    from app.models import State, TaskIn
+    from worker import jobspec
+
+    def fail(message: str) -> int:
+        print(f"kueue-tes manifest: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        overrides: dict[str, Any] = _settings_file(settings_file) if settings_file else {}
+        settings = Settings(**overrides)
+        raw = sys.stdin.buffer.read() if task_file == "-" else Path(task_file).read_bytes()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = "KUEUE_TES_" + "_".join(str(part) for part in error["loc"]).upper()
+        return fail(f"setting {name}: {error['msg']}")
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
+    if len(raw) > settings.max_body_bytes:
+        return fail(f"400 Bad Request: body: over the limit of {settings.max_body_bytes} bytes")
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise validation.InvalidTask("body", "must be a JSON object")
+        task = TaskIn.model_validate(body)
+        notes = validation.check_task(
+            task, settings.backend_parameters, settings.max_content_bytes, settings
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return fail(f"400 Bad Request: body: not valid JSON ({exc})")
+    except ValidationError as exc:
+        return fail(f"400 Bad Request: {validation.from_pydantic(exc)}")
+    except validation.InvalidTask as exc:
+        return fail(f"400 Bad Request: {exc}")
+    doc = task.model_dump(mode="json", exclude_none=True)
+    doc.update(id=MANIFEST_ID, state=State.QUEUED.value)
+    # Never print the worker's secrets: the copied variables are shown by name only.
+    hidden = {name: "(from the worker's environment)" for name in settings.sequencer_host_env}
+    try:
+        objects = [jobspec.build_configmap(doc, settings), jobspec.build_job(doc, settings, hidden)]
+    except ValueError as exc:
+        return fail(f"the task cannot be turned into a pod: {exc}")
+    for note in notes:
+        print(f"kueue-tes manifest: note: {note}", file=sys.stderr)
+    print(yaml.safe_dump_all(objects, sort_keys=True), end="")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +295,13 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--data-dir", type=Path, help="state directory (KUEUE_TES_DATA_DIR)")
     work = sub.add_parser("worker", help="an RQ worker for submit and cancel jobs")
     work.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    sub.add_parser("watch", help="the watcher on Kubernetes (needs KUEUE_TES_REDIS_URL)")
     sub.add_parser("settings", help="list every KUEUE_TES_* setting")
+    shown = sub.add_parser("manifest", help="print the objects the worker would create for a task")
+    shown.add_argument("task", help="a CreateTask body: a JSON file, or - for stdin")
+    shown.add_argument(
+        "--settings", type=Path, help="dotenv-style file of KUEUE_TES_* lines over the environment"
+    )
     return parser
 
 
@@ -161,12 +311,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "settings":
         print(settings_table(), end="")
         return
+    if args.command == "manifest":
+        code = manifest(args.task, args.settings)
+        if code:
+            sys.exit(code)
+        return
     settings = _settings(args)
     _logging(settings)
     if args.command == "serve":
         serve(settings)
     elif args.command == "api":
         api(settings)
+    elif args.command == "watch":
+        watch(settings)
     else:
         worker(settings, burst=args.burst)
 

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...): storage credentials."
         ),
     )
+    sequencer_host_env: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Names of the worker's environment variables copied into the sequencer's "
+            "environment only (comma-separated, e.g. AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY): "
+            "storage credentials where no Secret can be used, as in `kueue-tes serve`. The "
+            "values are written into each Job; on Kubernetes prefer KUEUE_TES_STORAGE_SECRET."
+        ),
+    )
 
     # -- storage the sequencer reaches (docs/storage.md) ---------------------------------------
     file_roots: Annotated[list[str], NoDecode] = Field(
@@ -170,6 +179,68 @@ class Settings(BaseSettings):
         default=4, description="Transfers the sequencer runs at once."
     )
 
+    # -- what tasks may ask of Kueue ---------------------------------------------------------
+    allowed_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="LocalQueues a task may name in backend_parameters.queue (comma-separated); "
+        "empty: any.",
+    )
+    allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="WorkloadPriorityClasses a task may name in backend_parameters.priority_class "
+        "(comma-separated); empty: any.",
+    )
+    gpu_resources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nvidia=nvidia.com/gpu"],
+        description="GPU kinds a task may name in backend_parameters.gpu_type, each "
+        "`kind=extended-resource` (comma-separated); empty: no GPUs.",
+    )
+    default_gpu_type: str | None = Field(
+        default=None,
+        description="GPU kind of tasks that ask for gpus without a gpu_type; default: the first "
+        "of KUEUE_TES_GPU_RESOURCES.",
+    )
+    max_gpus: int = Field(
+        default=8, ge=0, description="Most GPUs one task may ask for (its one pod is on one node)."
+    )
+    max_run_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        description="Longest run time a task may ask for, and the one it gets when it asks for "
+        "none (Kueue's max-exec-time); unset: no limit.",
+    )
+    preemptible_priority_class: str | None = Field(
+        default=None,
+        description="WorkloadPriorityClass of tasks with preemptible: true that name none.",
+    )
+    preemptible_node_selector: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="nodeSelector of tasks with preemptible: true, `key=value` (comma-separated), "
+        "e.g. cloud.google.com/gke-spot=true.",
+    )
+
+    @field_validator(
+        "allowed_queues",
+        "allowed_priority_classes",
+        "gpu_resources",
+        "preemptible_node_selector",
+        mode="before",
+    )
+    @classmethod
+    def _split_policy_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gpu_resources", "preemptible_node_selector")
+    @classmethod
+    def _key_value_pairs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            key, equals, val = item.partition("=")
+            if not (equals and key.strip() and val.strip()):
+                raise ValueError(f"'{item}' is not key=value")
+        return value
+
     # -- the local runtime of `kueue-tes serve` (docs/local-runtime.md) ------------------------
     local_cpu: float | None = Field(
         default=None,
@@ -180,6 +251,34 @@ class Settings(BaseSettings):
         description="Memory the local runtime admits at once (bytes); default: all of it.",
     )
     bwrap: str = Field(default="bwrap", description="The bubblewrap executable.")
+
+    # -- the watcher ----------------------------------------------------------------------------
+    lease_name: str = Field(
+        default="kueue-tes-watcher",
+        description="coordination.k8s.io Lease (in the task namespace) that elects the watcher.",
+    )
+    lease_duration_seconds: float = Field(
+        default=15.0, description="How long a silent watcher's Lease lasts before a standby leads."
+    )
+    lease_renew_seconds: float = Field(
+        default=5.0, description="How often the watcher renews its Lease (at most half its length)."
+    )
+    resync_seconds: float = Field(
+        default=300.0, description="Period of the watcher's full resync of Jobs, Pods, Workloads."
+    )
+    resubmit_grace_seconds: float = Field(
+        default=60.0,
+        description="Age after which a QUEUED task with no Job, or a CANCELING one whose Job "
+        "still exists, is enqueued again.",
+    )
+    image_pull_grace_seconds: float = Field(
+        default=300.0, description="How long an image may fail to pull before SYSTEM_ERROR."
+    )
+    no_workload_seconds: float = Field(
+        default=120.0,
+        description="After this long with no Kueue Workload for a task's Job, its system logs "
+        "say that Kueue does not seem to manage the namespace.",
+    )
 
     # -- security -----------------------------------------------------------------------------
     auth: Literal["none"] = Field(
@@ -193,7 +292,9 @@ class Settings(BaseSettings):
         """Return the SQLite file the embedded store uses."""
         return self.sqlite_path or self.data_dir / "tasks.db"
 
-    @field_validator("backend_parameters", "storage", "file_roots", mode="before")
+    @field_validator(
+        "backend_parameters", "storage", "file_roots", "sequencer_host_env", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

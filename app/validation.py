@@ -6,28 +6,22 @@ the same shape by :func:`from_pydantic`.
 
 from __future__ import annotations
 
+import functools
 import posixpath
-from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from app import policy
 from app.models import FileType, TaskIn
+from app.settings import Settings
+
+#: Raised for anything the client must change; defined with the policy, which raises it too.
+InvalidTask = policy.InvalidTask
 
 #: Mount points a task may not use: shadowing them would break the container or our control
 #: volume (design section 4).
 FORBIDDEN_ROOTS = ("/proc", "/dev", "/sys", "/tes")
 _WILDCARDS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class InvalidTask(Exception):
-    """A CreateTask body the client must change: ``field`` says where, ``message`` what."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -138,30 +132,26 @@ def _check_executors(task: TaskIn) -> None:
                 raise InvalidTask(f"{where}.env", f"'{key}' is not a valid variable name")
 
 
-def check_task(task: TaskIn, honoured: list[str], max_content_bytes: int) -> list[str]:
-    """Check a parsed task, drop unknown backend parameters; return system logs to keep.
+def check_task(
+    task: TaskIn, honoured: list[str], max_content_bytes: int, settings: Settings | None = None
+) -> list[str]:
+    """Check a parsed task and bring its backend parameters within policy; return system logs.
 
-    Raises InvalidTask for anything the client must change.
+    Raises InvalidTask for anything the client must change. ``settings`` carries the operator's
+    policy (docs/kueue.md); without it the defaults apply.
     """
     _check_executors(task)
     _check_inputs(task, max_content_bytes)
     _check_outputs(task)
     for i, volume in enumerate(task.volumes or []):
         check_path(f"volumes[{i}]", volume)
-    notes: list[str] = []
-    resources = task.resources
-    if resources is not None and resources.backend_parameters:
-        unknown = sorted(set(resources.backend_parameters) - set(honoured))
-        if unknown and resources.backend_parameters_strict:
-            raise InvalidTask(
-                f"resources.backend_parameters.{unknown[0]}",
-                "this service does not honour it (backend_parameters_strict is set); "
-                f"it honours: {', '.join(honoured) or 'none'}",
-            )
-        for key in unknown:
-            del resources.backend_parameters[key]
-            notes.append(
-                f"backend parameter '{key}' was ignored: this service honours "
-                f"{', '.join(honoured) or 'none'}"
-            )
+    params, notes = policy.check(task, settings or _defaults(), honoured)
+    if task.resources is not None and task.resources.backend_parameters is not None:
+        task.resources.backend_parameters = params
     return notes
+
+
+@functools.cache
+def _defaults() -> Settings:
+    # The field defaults only, not the environment: a pure check stays pure.
+    return Settings.model_construct()

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app import policy
+from app.policy import Placement
 from app.settings import Settings
 from worker.cluster.base import MANAGED_BY, QUEUE_NAME, TASK_ID
 
@@ -110,7 +113,9 @@ def _mebibytes(gigabytes: float) -> str:
     return f"{math.ceil(gigabytes * 1024)}Mi"
 
 
-def _executor_resources(task: Json) -> Json:
+def _executor_resources(task: Json, place: Placement) -> Json:
+    # Every executor asks for the whole task; executors run one at a time, so the pod counts
+    # the largest (design section 7).
     resources = task.get("resources") or {}
     cpu = resources.get("cpu_cores") or 1
     requests: Json = {"cpu": str(cpu)}
@@ -119,6 +124,9 @@ def _executor_resources(task: Json) -> Json:
         requests["memory"] = limits["memory"] = _mebibytes(resources["ram_gb"])
     if resources.get("disk_gb"):
         requests["ephemeral-storage"] = _mebibytes(resources["disk_gb"])
+    if place.gpus and place.gpu_resource:
+        # Extended resources cannot be overcommitted: Kubernetes wants requests == limits.
+        requests[place.gpu_resource] = limits[place.gpu_resource] = str(place.gpus)
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}
 
 
@@ -142,12 +150,14 @@ def runner_command(index: int, executor: Json) -> list[str]:
     ]  # fmt: skip
 
 
-def _executor(index: int, executor: Json, task: Json, mounts: list[Mount]) -> Json:
+def _executor(
+    index: int, executor: Json, task: Json, mounts: list[Mount], place: Placement
+) -> Json:
     container: Json = {
         "name": f"executor-{index}",
         "image": executor["image"],
         "command": runner_command(index, executor),
-        "resources": _executor_resources(task),
+        "resources": _executor_resources(task, place),
         "volumeMounts": [_control_mount()]
         + [{"name": "work", "mountPath": m.path, "subPath": m.sub_path} for m in mounts],
         "terminationMessagePolicy": "File",
@@ -159,8 +169,12 @@ def _executor(index: int, executor: Json, task: Json, mounts: list[Mount]) -> Js
     return container
 
 
-def sequencer_env(settings: Settings) -> list[Json]:
-    """Return the sequencer's environment: where things are, and how to reach storage."""
+def sequencer_env(settings: Settings, host_env: Mapping[str, str] | None = None) -> list[Json]:
+    """Return the sequencer's environment: where things are, and how to reach storage.
+
+    ``host_env`` is the worker's environment; the variables ``sequencer_host_env`` names are
+    copied from it, ``$`` escaped so that kubelet's ``$(VAR)`` expansion leaves them as they are.
+    """
     values = {
         "KUEUE_TES_TASK_DIR": TASK_DIR,
         "KUEUE_TES_CONTROL_DIR": CONTROL,
@@ -176,7 +190,11 @@ def sequencer_env(settings: Settings) -> list[Json]:
         "KUEUE_TES_TRANSFER_TIMEOUT_SECONDS": str(settings.transfer_timeout_seconds),
         "KUEUE_TES_S3_MULTIPART_THRESHOLD_BYTES": str(settings.s3_multipart_threshold_bytes),
     }
-    return [{"name": k, "value": v} for k, v in values.items() if v]
+    env = [{"name": k, "value": v} for k, v in values.items() if v]
+    for name in settings.sequencer_host_env:
+        if host_env is not None and name in host_env and name not in values:
+            env.append({"name": name, "value": host_env[name].replace("$", "$$")})
+    return env
 
 
 def _file_root_volumes(settings: Settings) -> list[Json]:
@@ -187,13 +205,13 @@ def _file_root_volumes(settings: Settings) -> list[Json]:
     ]
 
 
-def _sequencer(settings: Settings) -> Json:
+def _sequencer(settings: Settings, host_env: Mapping[str, str] | None) -> Json:
     container: Json = {
         "name": "sequencer",
         "image": settings.image,
         "restartPolicy": "Always",
         "command": [settings.pod_python, "-m", "worker.sequencer"],
-        "env": sequencer_env(settings),
+        "env": sequencer_env(settings, host_env),
         "resources": _ours(settings),
         "volumeMounts": [
             _control_mount(),
@@ -220,14 +238,39 @@ def labels(task_id: str) -> dict[str, str]:
     return {MANAGED_BY: "kueue-tes", TASK_ID: task_id}
 
 
+def placement(task: Json, settings: Settings) -> Placement:
+    """Return what the task asks of Kueue under the operator's policy (app.policy)."""
+    return policy.placement(task.get("resources"), settings)
+
+
 def kueue_labels(task: Json, settings: Settings) -> dict[str, str]:
     """Return the Kueue labels a task's Job carries: queue, priority class, max run time."""
-    params = (task.get("resources") or {}).get("backend_parameters") or {}
-    out = {QUEUE_NAME: params.get("queue") or settings.default_queue}
-    if params.get("priority_class"):
-        out[PRIORITY_CLASS] = params["priority_class"]
-    if params.get("max_run_seconds"):
-        out[MAX_EXEC_TIME] = str(params["max_run_seconds"])
+    return _kueue_labels(placement(task, settings))
+
+
+def _kueue_labels(place: Placement) -> dict[str, str]:
+    out = {QUEUE_NAME: place.queue}
+    if place.priority_class:
+        out[PRIORITY_CLASS] = place.priority_class
+    if place.max_run_seconds:
+        out[MAX_EXEC_TIME] = str(place.max_run_seconds)
+    return out
+
+
+def _scheduling(place: Placement) -> Json:
+    """Return the pod's nodeSelector and node affinity; Kueue's flavor assignment honours both."""
+    out: Json = {}
+    if place.node_selector:
+        out["nodeSelector"] = dict(sorted(place.node_selector.items()))
+    if place.zones:
+        term = {"key": policy.ZONE_LABEL, "operator": "In", "values": list(place.zones)}
+        out["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [term]}]
+                }
+            }
+        }
     return out
 
 
@@ -258,10 +301,14 @@ def build_configmap(task: Json, settings: Settings) -> Json:
     }
 
 
-def build_job(task: Json, settings: Settings) -> Json:
-    """Return the suspended Job that runs the whole task in one pod."""
+def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None = None) -> Json:
+    """Return the suspended Job that runs the whole task in one pod.
+
+    ``host_env``: the worker's environment, for the ``sequencer_host_env`` setting.
+    """
     task_id = task["id"]
     mounts = plan_mounts(task)
+    place = placement(task, settings)
     resources = task.get("resources") or {}
     work: Json = {"name": "work", "emptyDir": {}}
     if resources.get("disk_gb"):
@@ -279,8 +326,8 @@ def build_job(task: Json, settings: Settings) -> Json:
                 "resources": _ours(settings),
                 "volumeMounts": [_control_mount()],
             },
-            _sequencer(settings),
-            *(_executor(i, ex, task, mounts) for i, ex in enumerate(task["executors"])),
+            _sequencer(settings, host_env),
+            *(_executor(i, ex, task, mounts, place) for i, ex in enumerate(task["executors"])),
         ],
         "containers": [
             {
@@ -297,6 +344,7 @@ def build_job(task: Json, settings: Settings) -> Json:
             {"name": "task", "configMap": {"name": job_name(task_id)}},
             *_file_root_volumes(settings),
         ],
+        **_scheduling(place),
     }
     return {
         "apiVersion": "batch/v1",
@@ -304,14 +352,20 @@ def build_job(task: Json, settings: Settings) -> Json:
         "metadata": {
             "name": job_name(task_id),
             "namespace": settings.namespace,
-            "labels": {**labels(task_id), **kueue_labels(task, settings)},
+            "labels": {**labels(task_id), **_kueue_labels(place)},
         },
         "spec": {
             "suspend": True,
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            # status is explicit: Kubernetes defaults it, but 1.29's schema still requires it.
             "podFailurePolicy": {
-                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+                "rules": [
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    }
+                ]
             },
             "template": {"metadata": {"labels": labels(task_id)}, "spec": pod_spec},
         },

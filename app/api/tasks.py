@@ -43,7 +43,7 @@ def create_task(body: Any) -> Json | ConnexionResponse:
     try:
         task = TaskIn.model_validate(body)
         notes = validation.check_task(
-            task, svc.settings.backend_parameters, svc.settings.max_content_bytes
+            task, svc.settings.backend_parameters, svc.settings.max_content_bytes, svc.settings
         )
     except ValidationError as exc:
         return problems.bad_request(validation.from_pydantic(exc))

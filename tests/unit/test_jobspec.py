@@ -12,10 +12,20 @@ import yaml
 
 from app.settings import Settings
 from worker import jobspec
+from worker.cluster.local.admission import pod_requests
 from worker.jobspec import Mount
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings(data_dir=Path("/nonexistent"), mongo_uri=None, redis_url=None)
+#: An operator policy with GPUs of two kinds, a run-time cap and preemptible capacity.
+POLICY = SETTINGS.model_copy(
+    update={
+        "gpu_resources": ["nvidia=nvidia.com/gpu", "amd=amd.com/gpu"],
+        "max_run_seconds": 86_400,
+        "preemptible_priority_class": "spot",
+        "preemptible_node_selector": ["cloud.google.com/gke-spot=true", "pool=spot"],
+    }
+)
 
 TASKS: dict[str, dict[str, Any]] = {
     "minimal": {
@@ -65,15 +75,32 @@ TASKS: dict[str, dict[str, Any]] = {
         "volumes": ["/scratch"],
         "tags": {"project": "p"},
     },
+    "kueue": {
+        "id": "01jb0000000000000000000003",
+        "state": "QUEUED",
+        "resources": {
+            "cpu_cores": 8,
+            "ram_gb": 64,
+            "preemptible": True,
+            "zones": ["us-east1-b", "us-east1-c"],
+            "backend_parameters": {"gpus": "2", "gpu_type": "amd", "max_run_seconds": "7200"},
+        },
+        "executors": [
+            {"image": "rocm/pytorch", "command": ["python", "train.py"]},
+            {"image": "alpine", "command": ["true"]},
+        ],
+    },
 }
+GOLDEN_SETTINGS = {"kueue": POLICY}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_golden(name: str) -> None:
     """The manifests of representative tasks match their golden files exactly."""
     task = TASKS[name]
+    settings = GOLDEN_SETTINGS.get(name, SETTINGS)
     rendered = yaml.safe_dump_all(
-        [jobspec.build_configmap(task, SETTINGS), jobspec.build_job(task, SETTINGS)],
+        [jobspec.build_configmap(task, settings), jobspec.build_job(task, settings)],
         sort_keys=True,
     )
     path = GOLDEN / f"{name}.yaml"
@@ -96,7 +123,7 @@ def test_pod_layout() -> None:
     assert spec["suspend"] is True and spec["backoffLimit"] == 0
     assert spec["podFailurePolicy"]["rules"][0] == {
         "action": "Ignore",
-        "onPodConditions": [{"type": "DisruptionTarget"}],
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     }
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -177,3 +204,92 @@ def test_configmap_carries_task_and_plan() -> None:
     owned = jobspec.own(cm, job)
     assert owned["metadata"]["ownerReferences"][0]["uid"] == "1234"
     assert "ownerReferences" not in cm["metadata"]
+
+
+def _with(base: str, **resources: Any) -> dict[str, Any]:
+    return dict(TASKS[base], resources=resources)
+
+
+def _pod(task: dict[str, Any], settings: Settings = POLICY) -> dict[str, Any]:
+    spec: dict[str, Any] = jobspec.build_job(task, settings)["spec"]["template"]["spec"]
+    return spec
+
+
+def test_gpus_on_every_executor_counted_once() -> None:
+    """Each executor holds the task's GPUs (limits = requests); the pod counts them once."""
+    pod = _pod(TASKS["kueue"])
+    executors = pod["initContainers"][2:]
+    for container in executors:
+        assert container["resources"]["limits"]["amd.com/gpu"] == "2"
+        assert container["resources"]["requests"]["amd.com/gpu"] == "2"
+    ours = [*pod["initContainers"][:2], *pod["containers"]]
+    assert all("amd.com/gpu" not in str(c["resources"]) for c in ours)
+    assert pod_requests(pod)["amd.com/gpu"] == 2
+    assert pod_requests(pod)["cpu"] == 8100  # the task's 8 cores + the sequencer's 100m
+
+
+def test_gpu_kind_defaults_to_the_first_offered() -> None:
+    """Without gpu_type the default kind applies; gpus 0 asks for nothing."""
+    pod = _pod(_with("minimal", backend_parameters={"gpus": "1"}))
+    assert pod["initContainers"][2]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    chosen = POLICY.model_copy(update={"default_gpu_type": "amd"})
+    pod = _pod(_with("minimal", backend_parameters={"gpus": "1"}), chosen)
+    assert pod["initContainers"][2]["resources"]["limits"] == {"amd.com/gpu": "1"}
+    pod = _pod(_with("minimal", backend_parameters={"gpus": "0", "gpu_type": "amd"}))
+    assert "limits" not in pod["initContainers"][2]["resources"]
+
+
+def test_gpu_kind_no_longer_offered_is_a_value_error() -> None:
+    """A stored task whose GPU kind the operator has since removed cannot become a pod."""
+    task = _with("minimal", backend_parameters={"gpus": "1", "gpu_type": "tpu"})
+    with pytest.raises(ValueError, match="tpu"):
+        jobspec.build_job(task, POLICY)
+
+
+def test_priority_class_and_max_run_labels() -> None:
+    """priority_class and max_run_seconds become Kueue's labels; the cap fills and bounds."""
+    labels = jobspec.build_job(TASKS["kueue"], POLICY)["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/max-exec-time-seconds"] == "7200"
+    assert labels["kueue.x-k8s.io/priority-class"] == "spot"  # preemptible, none named
+    none_asked = jobspec.kueue_labels(TASKS["minimal"], POLICY)
+    assert none_asked["kueue.x-k8s.io/max-exec-time-seconds"] == "86400"
+    over = _with("minimal", backend_parameters={"max_run_seconds": "999999"})
+    assert jobspec.kueue_labels(over, POLICY)["kueue.x-k8s.io/max-exec-time-seconds"] == "86400"
+    assert "kueue.x-k8s.io/max-exec-time-seconds" not in jobspec.kueue_labels(
+        TASKS["minimal"], SETTINGS
+    )
+
+
+def test_preemptible_priority_class_and_node_selector() -> None:
+    """preemptible: the configured class unless the task names one, and the node selector."""
+    named = _with("minimal", preemptible=True, backend_parameters={"priority_class": "high"})
+    job = jobspec.build_job(named, POLICY)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-spot": "true", "pool": "spot"}
+    plain = _pod(_with("minimal", preemptible=False))
+    assert "nodeSelector" not in plain
+    unconfigured = jobspec.build_job(_with("minimal", preemptible=True), SETTINGS)
+    assert "kueue.x-k8s.io/priority-class" not in unconfigured["metadata"]["labels"]
+    assert "nodeSelector" not in unconfigured["spec"]["template"]["spec"]
+
+
+def test_zones_become_required_node_affinity() -> None:
+    """zones → nodeAffinity on topology.kubernetes.io/zone; invalid and repeated ones dropped."""
+    pod = _pod(_with("minimal", zones=["eu-1a", "not a zone", "eu-1b", "eu-1a"]))
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required == {
+        "nodeSelectorTerms": [
+            {
+                "matchExpressions": [
+                    {
+                        "key": "topology.kubernetes.io/zone",
+                        "operator": "In",
+                        "values": ["eu-1a", "eu-1b"],
+                    }
+                ]
+            }
+        ]
+    }
+    assert "affinity" not in _pod(_with("minimal", zones=[]))
+    assert "affinity" not in _pod(TASKS["minimal"])
