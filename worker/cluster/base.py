@@ -60,7 +60,11 @@ class Cluster(Protocol):
         ...
 
     def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
-        """Return a container's log of the task's pod (its last ``limit_bytes``), or ""."""
+        """Return a container's log of the task's pod (at most ``limit_bytes``), or "".
+
+        Kubernetes returns the first ``limit_bytes``, the local runtime the last; the
+        sequencer's report is far smaller than the limit the watcher asks for.
+        """
         ...
 
     def close(self) -> None:

@@ -1,0 +1,397 @@
+"""KubernetesCluster: the cluster seam over the Kubernetes API (design sections 6, 11 and 12).
+
+The only module that imports the ``kubernetes`` client. Every call asks for the raw JSON
+(``_preload_content=False``), so observations are camelCase dicts exactly as the API server sent
+them, and every library error leaves here as one of ours (see ``k8s_errors``).
+See docs/kubernetes-backend.md for what it creates, the RBAC it needs and how it watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from worker import jobspec
+from worker.cluster import k8s_errors, k8s_lease, k8s_watch
+from worker.cluster.base import (
+    MANAGED_BY,
+    TASK_ID,
+    Kind,
+    Observation,
+    PermanentError,
+    TransientError,
+)
+from worker.cluster.k8s_errors import CONFIGMAPS, JOBS, LEASES, POD_LOGS, PODS, WORKLOADS
+from worker.cluster.k8s_index import Index
+from worker.cluster.k8s_watch import Listing
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+#: Every Job and Pod we create carries this label; watches and lists select on it.
+SELECTOR = f"{MANAGED_BY}=kueue-tes"
+KUEUE_GROUP, KUEUE_VERSION, WORKLOAD_PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
+_RESOURCES: dict[Kind, str] = {"Job": JOBS, "Pod": PODS, "Workload": WORKLOADS}
+_API_VERSIONS: dict[Kind, str] = {
+    "Job": "batch/v1",
+    "Pod": "v1",
+    "Workload": "kueue.x-k8s.io/v1beta2",
+}
+
+
+class KubernetesCluster:
+    """Tasks as Jobs in one namespace; observations from watches on Jobs, Pods and Workloads."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        *,
+        request_timeout: float = 30,
+        watch_seconds: int = 300,
+        retry_seconds: float = 1.0,
+        page_size: int = 500,
+        lease_namespace: str | None = None,
+    ) -> None:
+        """Use ``api_client`` for task objects in ``namespace``; Leases in ``lease_namespace``.
+
+        ``watch_seconds`` bounds each watch request; ``lease_namespace`` defaults to
+        ``namespace`` (the watcher's own namespace is the usual place).
+        """
+        self.api, self.namespace = api_client, namespace
+        self.lease_namespace = lease_namespace or namespace
+        self.request_timeout, self.watch_seconds = request_timeout, watch_seconds
+        self.retry_seconds, self.page_size = retry_seconds, page_size
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._coordination = client.CoordinationV1Api(api_client)
+        self._index = Index()
+        self._watches = k8s_watch.Watches(
+            namespace, _RESOURCES, self._list, self._stream, self._index, retry_seconds
+        )
+        self._lock = threading.Lock()
+        self._streams: set[Any] = set()
+        self._owns_client = False
+
+    @classmethod
+    def from_config(
+        cls, namespace: str, kubeconfig: str | None = None, lease_namespace: str | None = None
+    ) -> KubernetesCluster:
+        """Connect with ``kubeconfig`` if given, else in-cluster config, else ~/.kube/config."""
+        configuration = client.Configuration()
+        # The config loaders are untyped; hold them as what they are to call them.
+        in_cluster: Callable[..., None] = config.load_incluster_config
+        from_file: Callable[..., None] = config.load_kube_config
+        try:
+            if kubeconfig is None:
+                try:
+                    in_cluster(client_configuration=configuration)
+                except config.ConfigException:
+                    from_file(client_configuration=configuration)
+            else:
+                from_file(config_file=kubeconfig, client_configuration=configuration)
+        except (config.ConfigException, OSError, ValueError) as exc:
+            where = kubeconfig or "the in-cluster service account or ~/.kube/config"
+            raise PermanentError(
+                f"cannot configure the Kubernetes client from {where}: {exc}"
+            ) from exc
+        cluster = cls(client.ApiClient(configuration), namespace, lease_namespace=lease_namespace)
+        cluster._owns_client = True
+        return cluster
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Call the client; turn whatever it raises into our errors.
+
+        Any, not the client's annotation: with ``_preload_content=False`` it returns the raw
+        urllib3 response whatever the method says.
+        """
+        kw.setdefault("_request_timeout", self.request_timeout)
+        try:
+            return fn(*args, **kw)
+        except ApiException as exc:
+            raise k8s_errors.from_status(
+                exc.status, exc.body, verb, resource, self._where(resource)
+            ) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(
+                f"{verb} {resource} in namespace {self._where(resource)}: the API server cannot be "
+                f"reached ({type(exc).__name__}: {exc}); will retry"
+            ) from exc
+        except (ValueError, TypeError) as exc:
+            # The client validates bodies against its models before sending them.
+            raise PermanentError(
+                f"{verb} {resource}: the Kubernetes client refused the object: {exc}"
+            ) from exc
+
+    def _json(
+        self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Json:
+        response = self._call(verb, resource, fn, *args, _preload_content=False, **kw)
+        try:
+            data = json.loads(response.data)
+        except (ValueError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"{verb} {resource}: unreadable answer: {exc}") from exc
+        if not isinstance(data, dict):
+            raise TransientError(f"{verb} {resource}: the answer is not a JSON object")
+        return data
+
+    def _lister(self, kind: Kind) -> Callable[..., Any]:
+        if kind == "Job":
+            return functools.partial(
+                self._batch.list_namespaced_job, self.namespace, label_selector=SELECTOR
+            )
+        if kind == "Pod":
+            return functools.partial(
+                self._core.list_namespaced_pod, self.namespace, label_selector=SELECTOR
+            )
+        # Kueue does not copy our labels onto Workloads: take them all, match by Job uid.
+        return functools.partial(
+            self._custom.list_namespaced_custom_object,
+            KUEUE_GROUP,
+            KUEUE_VERSION,
+            self.namespace,
+            WORKLOAD_PLURAL,
+        )
+
+    def _list(self, kind: Kind) -> Listing:
+        """List every object of ``kind`` page by page; one consistent resourceVersion."""
+        fn, resource = self._lister(kind), _RESOURCES[kind]
+        listing = Listing()
+        token: str | None = None
+        while True:
+            page = self._json("list", resource, fn, limit=self.page_size, _continue=token)
+            meta = page.get("metadata") or {}
+            for item in page.get("items") or ():
+                # List items come without kind and apiVersion; watch events carry them.
+                item.setdefault("apiVersion", _API_VERSIONS[kind])
+                item.setdefault("kind", kind)
+                listing.items.append(item)
+            if token is None:
+                listing.resource_version = str(meta.get("resourceVersion") or "")
+            token = meta.get("continue") or None
+            if token is None:
+                return listing
+
+    def _stream(self, kind: Kind, resource_version: str) -> Iterator[Json]:
+        """Open one bounded watch from ``resource_version``; yield its events until it ends."""
+        resource = _RESOURCES[kind]
+        response = self._call(
+            "watch",
+            resource,
+            self._lister(kind),
+            watch=True,
+            resource_version=resource_version or None,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_seconds,
+            _preload_content=False,
+            # The server ends the watch after timeout_seconds; the read timeout is the backstop.
+            _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout),
+        )
+        with self._lock:
+            self._streams.add(response)
+        try:
+            if self._watches.stopped.is_set():
+                return  # close() ran while this watch was opening; it did not see the stream
+            yield from k8s_watch.json_lines(response.stream(amt=None, decode_content=True))
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise TransientError(f"watch {resource}: the stream broke: {exc}") from exc
+        finally:
+            with self._lock:
+                self._streams.discard(response)
+            # Closed before release: a half-read stream must not go back to the pool.
+            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+                response.close()
+                response.release_conn()
+
+    # -- plain object calls -----------------------------------------------------------------
+
+    def _api(self, resource: str, action: str) -> Callable[..., Any]:
+        """Return the client method for ``action`` ("create", "read", ...) on ``resource``."""
+        api, suffix = {
+            JOBS: (self._batch, "namespaced_job"),
+            CONFIGMAPS: (self._core, "namespaced_config_map"),
+            LEASES: (self._coordination, "namespaced_lease"),
+        }[resource]
+        method: Callable[..., Any] = getattr(api, f"{action}_{suffix}")
+        return method
+
+    def _where(self, resource: str) -> str:
+        return self.lease_namespace if resource == LEASES else self.namespace
+
+    def _create(self, resource: str, body: Json) -> Json:
+        method = self._api(resource, "create")
+        return self._json("create", resource, method, self._where(resource), body)
+
+    def _read(self, resource: str, name: str) -> Json:
+        method = self._api(resource, "read")
+        return self._json("get", resource, method, name, self._where(resource))
+
+    def _replace(self, resource: str, name: str, body: Json) -> Json:
+        method = self._api(resource, "replace")
+        return self._json("update", resource, method, name, self._where(resource), body)
+
+    def _delete(self, resource: str, name: str) -> bool:
+        """Delete in the background (dependents follow); False if there was nothing to delete."""
+        method = self._api(resource, "delete")
+        body = {"propagationPolicy": "Background"}
+        try:
+            self._json("delete", resource, method, name, self.namespace, body=body)
+        except k8s_errors.NotFound:
+            return False
+        return True
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def submit(self, task_id: str, configmap: Json, job: Json) -> None:
+        """Create the task's Job, then its ConfigMap owned by the Job; existing ones are success."""
+        name = job["metadata"]["name"]
+        try:
+            created = self._create(JOBS, job)
+            log.info("task %s: Job %s created", task_id, name)
+        except k8s_errors.Conflict:
+            try:
+                created = self._read(JOBS, name)
+            except k8s_errors.NotFound as exc:
+                raise TransientError(f"task {task_id}: Job {name} vanished during submit") from exc
+            log.info("task %s: Job %s exists already", task_id, name)
+        owned = jobspec.own(configmap, created)
+        try:
+            self._create(CONFIGMAPS, owned)
+        except k8s_errors.Conflict:
+            self._adopt_configmap(task_id, owned)
+
+    def _adopt_configmap(self, task_id: str, owned: Json) -> None:
+        """Make an existing ConfigMap ours again if an older Job of the same name owned it."""
+        meta = owned["metadata"]
+        current = self._read(CONFIGMAPS, meta["name"])
+        owners = (current.get("metadata") or {}).get("ownerReferences") or ()
+        if any(ref.get("uid") == meta["ownerReferences"][0]["uid"] for ref in owners):
+            return
+        # Owned by a Job that is gone: the garbage collector would delete it under our pod.
+        version = current["metadata"]["resourceVersion"]
+        self._replace(
+            CONFIGMAPS, meta["name"], {**owned, "metadata": {**meta, "resourceVersion": version}}
+        )
+        log.info("task %s: ConfigMap %s now owned by the current Job", task_id, meta["name"])
+
+    def delete(self, task_id: str) -> None:
+        """Delete the task's Job; its pod, Workload and ConfigMap go with it. Absent is fine."""
+        name = jobspec.job_name(task_id)
+        if self._delete(JOBS, name):
+            log.info("task %s: Job %s deleted", task_id, name)
+        elif self._delete(CONFIGMAPS, name):
+            # A submit that stopped between its two creates can leave the ConfigMap alone.
+            log.info("task %s: orphaned ConfigMap %s deleted", task_id, name)
+
+    def exists(self, task_id: str) -> bool:
+        """Tell whether the task's Job, or a pod of the task, exists."""
+        try:
+            self._read(JOBS, jobspec.job_name(task_id))
+            return True
+        except k8s_errors.NotFound:
+            return bool(self._task_pods(task_id, limit=1))
+
+    def _task_pods(self, task_id: str, limit: int | None = None) -> list[Json]:
+        selector, method = f"{SELECTOR},{TASK_ID}={task_id}", self._core.list_namespaced_pod
+        page = self._json(
+            "list", PODS, method, self.namespace, label_selector=selector, limit=limit
+        )
+        return list(page.get("items") or ())
+
+    def snapshot(self) -> list[Observation]:
+        """List every Job, Pod and Workload of ours now (Workloads matched to tasks by Job uid)."""
+        # Queued changes are older than this listing; a standby watcher's pile-up goes too.
+        self._watches.discard()
+        jobs, pods, workloads = self._list("Job"), self._list("Pod"), self._list("Workload")
+        # The watches, if they have not started yet, continue from this listing.
+        self._watches.seed({"Job": jobs, "Pod": pods, "Workload": workloads})
+        return self._index.snapshot(jobs.items, pods.items, workloads.items)
+
+    def watch(self, timeout: float) -> Iterator[Observation]:
+        """Yield changes as they happen, for at most ``timeout`` seconds."""
+        return self._watches.drain(timeout)
+
+    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
+        """Return a container's log in the task's newest pod (at most ``limit_bytes``), or ""."""
+        pods = self._task_pods(task_id)
+        if not pods:
+            return ""
+        pod = max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
+        name = pod["metadata"]["name"]
+        try:
+            response = self._call(
+                "get",
+                POD_LOGS,
+                self._core.read_namespaced_pod_log,
+                name,
+                self.namespace,
+                container=container,
+                limit_bytes=limit_bytes,
+                _preload_content=False,
+            )
+        except (k8s_errors.NotFound, k8s_errors.Invalid) as exc:
+            # Gone, or the container has not started yet: there is no log to read.
+            log.info("task %s: no log of %s in pod %s: %s", task_id, container, name, exc)
+            return ""
+        data: bytes = response.data
+        return data.decode("utf-8", "replace")
+
+    # -- the watcher's election -------------------------------------------------------------
+
+    def try_lease(self, name: str, identity: str, duration_seconds: float) -> bool:
+        """Acquire or renew the Lease ``name`` for ``identity``; False while another holds it."""
+        try:
+            current: Json | None = self._read(LEASES, name)
+        except k8s_errors.NotFound:
+            current = None
+        seconds = max(1, math.ceil(duration_seconds))  # leaseDurationSeconds is an integer
+        plan = k8s_lease.plan(current, name, identity, seconds, datetime.now(UTC))
+        if plan.body is None:
+            return False
+        try:
+            if plan.action == "create":
+                self._create(LEASES, plan.body)
+            else:
+                self._replace(LEASES, name, plan.body)
+        except (k8s_errors.Conflict, k8s_errors.NotFound):
+            return False  # another candidate wrote first; it holds the lease this round
+        return True
+
+    def release_lease(self, name: str, identity: str) -> None:
+        """Give up the Lease ``name`` if ``identity`` holds it, so a standby takes over at once."""
+        try:
+            body = k8s_lease.released(self._read(LEASES, name), identity, datetime.now(UTC))
+            if body is not None:
+                self._replace(LEASES, name, body)
+        except (k8s_errors.NotFound, k8s_errors.Conflict):
+            pass  # nothing to release, or another candidate has it already
+
+    def close(self) -> None:
+        """Stop the watch threads and close their connections."""
+        self._watches.stopped.set()
+        with self._lock:
+            streams = list(self._streams)
+        for response in streams:
+            # Unblocks a thread waiting in a read; it then sees the stop flag.
+            shutdown = getattr(response, "shutdown", None) or response.close
+            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+                shutdown()
+        self._watches.stop()
+        if self._owns_client:
+            close: Callable[[], None] = self.api.close
+            close()
