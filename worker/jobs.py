@@ -8,6 +8,7 @@ SYSTEM_ERROR with the reason in its system logs.
 from __future__ import annotations
 
 import logging
+import os
 
 from app.models import State
 from app.store.base import TaskStore
@@ -49,7 +50,7 @@ def submit(task_id: str) -> str:
         return "queued:no-backend"
     try:
         configmap = jobspec.build_configmap(record.doc, ctx.settings)
-        job = jobspec.build_job(record.doc, ctx.settings)
+        job = jobspec.build_job(record.doc, ctx.settings, os.environ)
     except ValueError as exc:
         return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
     queue = job["metadata"]["labels"][QUEUE_NAME]
