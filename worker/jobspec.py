@@ -130,6 +130,16 @@ def _executor_resources(task: Json, place: Placement) -> Json:
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}
 
 
+#: Our own containers (setup, sequencer, finish) need no privilege at all.
+UNPRIVILEGED: Json = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def _ours(settings: Settings) -> Json:
     return {
         "requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
@@ -213,10 +223,13 @@ def _sequencer(settings: Settings, host_env: Mapping[str, str] | None) -> Json:
         "command": [settings.pod_python, "-m", "worker.sequencer"],
         "env": sequencer_env(settings, host_env),
         "resources": _ours(settings),
+        "securityContext": UNPRIVILEGED,
         "volumeMounts": [
             _control_mount(),
             {"name": "work", "mountPath": WORK},
             {"name": "task", "mountPath": TASK_DIR, "readOnly": True},
+            # The root file system is read-only; libraries may still want a temp directory.
+            {"name": "sequencer-tmp", "mountPath": "/tmp"},
             *(
                 {"name": v["name"], "mountPath": v["hostPath"]["path"]}
                 for v in _file_root_volumes(settings)
@@ -324,6 +337,7 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
                 "image": settings.image,
                 "command": [settings.pod_python, "-m", "worker.sequencer.setup", CONTROL],
                 "resources": _ours(settings),
+        "securityContext": UNPRIVILEGED,
                 "volumeMounts": [_control_mount()],
             },
             _sequencer(settings, host_env),
@@ -335,6 +349,7 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
                 "image": settings.image,
                 "command": [BUSYBOX, "sh", "-c", FINISH_SCRIPT],
                 "resources": _ours(settings),
+        "securityContext": UNPRIVILEGED,
                 "volumeMounts": [_control_mount()],
             }
         ],
@@ -342,6 +357,7 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
             {"name": "control", "emptyDir": {}},
             work,
             {"name": "task", "configMap": {"name": job_name(task_id)}},
+            {"name": "sequencer-tmp", "emptyDir": {}},
             *_file_root_volumes(settings),
         ],
         **_scheduling(place),

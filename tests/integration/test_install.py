@@ -678,12 +678,6 @@ def test_task_objects_validate_and_use_the_install(version: str) -> None:
         assert settings.image in images
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/jobspec.py: setup, sequencer and finish have no securityContext yet "
-    "(non-root, read-only root FS, no escalation, drop ALL, RuntimeDefault); remove this "
-    "marker when they do",
-)
 def test_our_containers_in_task_pods_are_unprivileged() -> None:
     """setup, sequencer and finish run like the control plane: non-root, read-only, no caps."""
     job = jobspec.build_job(_task_doc(ROOT / "manifests/examples/hello.json"), _dev_settings())
