@@ -150,7 +150,10 @@ def watch(settings: Settings) -> None:
         backend = importlib.import_module("worker.cluster.kubernetes")
     except ImportError as exc:
         sys.exit(f"kueue-tes watch: the Kubernetes backend is not available: {exc}")
-    cluster: Any = backend.KubernetesCluster.from_config(settings.namespace)
+    try:
+        cluster: Any = backend.KubernetesCluster.from_config(settings.namespace)
+    except backend.PermanentError as exc:
+        sys.exit(f"kueue-tes watch: {exc}")
     identity = f"{socket.gethostname()}-{os.getpid()}"
     try:
         elector = Elector(

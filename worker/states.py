@@ -1,22 +1,45 @@
 """Cluster observations → TES state and logs (pure; design sections 10 and 11).
 
 The watcher keeps the latest Job, Pod and Workload of each task and asks :func:`decide` what
-they mean; :func:`read_report` turns the sequencer's JSON-lines report into TES logs.
+they mean; :func:`read_report` parses the sequencer's report. The watcher times the waits that
+fail after a grace (:func:`waits` names them, :class:`Timing` says since when): decide is pure.
+
+Kueue's words relied on: Workload conditions ``QuotaReserved``, ``Admitted``, ``Evicted``; an
+``Evicted`` reason ``Deactivated…`` (``DeactivatedDueToMaximumExecutionTimeExceeded``,
+``…RequeuingLimitExceeded``) or ``InactiveWorkload`` (before v0.10) means Kueue gave up. A
+missing WorkloadPriorityClass keeps Kueue from creating a Workload; it says so in a Warning Event
+``WorkloadPriorityClassNotFound`` on the Job, recognised here in Events and Workload conditions.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from app.models import State
+from worker.cluster.base import QUEUE_NAME
 
 Json = dict[str, Any]
 
 #: Names of our own containers in the task pod (docs/task-pod.md).
 SETUP, SEQUENCER, FINISH = "setup", "sequencer", "finish"
+PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+PRIORITY_MISSING = "WorkloadPriorityClassNotFound"
+#: kubelet retries the first pull errors (the task fails after a grace); the others never heal.
+PULL_RETRIED = frozenset({"ErrImagePull", "ImagePullBackOff"})
+PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+#: System log lines that describe the present; a newer one replaces its predecessor in place.
+WAITING_KUEUE, WAITING_NODE = "waiting for Kueue: ", "waiting for a node: "
+NO_WORKLOAD = "no-workload"
 _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
+_NOT_FOUND = re.compile(r'"([^"]+)" not found')
+_PULLS = PULL_RETRIED | PULL_FATAL
+_ALL = ("initContainerStatuses", "containerStatuses")
+_EXECUTOR_KEYS = ("exit_code", "start_time", "end_time", "stdout", "stderr")
 
 
 @dataclass(frozen=True)
@@ -26,11 +49,26 @@ class Objects:
     job: Json | None = None
     pod: Json | None = None
     workload: Json | None = None
+    events: tuple[Json, ...] = ()  # Warning Events about the Job, where the cluster gives them
 
     @property
     def gone(self) -> bool:
         """Nothing of the task exists any more."""
         return self.job is None and self.pod is None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The time now (epoch seconds), when each of :func:`waits` began, and the graces."""
+
+    now: float = 0.0
+    since: Mapping[str, float] = field(default_factory=dict)
+    image_pull_grace: float = 300.0
+    no_workload_grace: float = 60.0
+
+    def waited(self, key: str, start: float | None = None) -> float:
+        """Return how long the wait ``key`` has lasted (from ``start`` where it is known)."""
+        return self.now - (start if start is not None else self.since.get(key, self.now))
 
 
 @dataclass
@@ -42,9 +80,11 @@ class Decision:
     executor_logs: list[Json] | None = None
     finished: bool = False
     requeued: bool = False
+    trust_report: bool = False  # the pod ran to its end: the sequencer's verdict decides
 
 
-def _condition(obj: Json | None, kind: str) -> Json | None:
+def condition(obj: Json | None, kind: str) -> Json | None:
+    """Return an object's status condition of type ``kind``, or None."""
     for cond in ((obj or {}).get("status") or {}).get("conditions") or ():
         if cond.get("type") == kind:
             return dict(cond)
@@ -52,117 +92,278 @@ def _condition(obj: Json | None, kind: str) -> Json | None:
 
 
 def _true(obj: Json | None, kind: str) -> bool:
-    cond = _condition(obj, kind)
+    cond = condition(obj, kind)
     return bool(cond and cond.get("status") == "True")
 
 
-def _statuses(pod: Json | None, key: str) -> list[Json]:
-    return list(((pod or {}).get("status") or {}).get(key) or ())
+def _statuses(pod: Json | None, *keys: str) -> list[Json]:
+    status = (pod or {}).get("status") or {}
+    return [entry for key in keys or _ALL for entry in status.get(key) or ()]
 
 
-def _terminated(status: Json) -> Json | None:
-    return ((status.get("state") or {}).get("terminated")) or None
+def _state(status: Json, kind: str) -> Json:
+    return dict((status.get("state") or {}).get(kind) or {})
+
+
+def _meta(obj: Json | None) -> Json:
+    return dict((obj or {}).get("metadata") or {})
+
+
+def _why(cond: Json, default: str = "") -> str:
+    reason, message = cond.get("reason") or default, cond.get("message")
+    return f"{reason}: {message}" if message else str(reason)
+
+
+def _epoch(stamp: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _who(name: str) -> str:
+    return f"executor {name[9:]}" if name.startswith("executor-") else f"the {name} container"
+
+
+def _image(pod: Json | None, status: Json) -> str:
+    return str(_spec(pod, str(status.get("name"))).get("image") or status.get("image") or "?")
+
+
+def _spec(pod: Json | None, name: str) -> Json:
+    spec = (pod or {}).get("spec") or {}
+    for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+        if container.get("name") == name:
+            return dict(container)
+    return {}
 
 
 def executor_logs(pod: Json | None) -> list[Json]:
     """Return ExecutorLogs of the executors that have ended, from pod status alone."""
     logs: list[Json] = []
-    for status in _statuses(pod, "initContainerStatuses"):
-        if not str(status.get("name", "")).startswith("executor-"):
-            continue
-        ended = _terminated(status)
+    for status in _executors(pod):
+        ended = _state(status, "terminated")
         if not ended:
             break
-        try:
-            message = json.loads(ended.get("message") or "{}")
-        except json.JSONDecodeError:
-            message = {}
-        if not isinstance(message, dict) or message.get("skipped") or "exit_code" not in message:
+        message = _object(ended.get("message"))
+        if "exit_code" in message and not message.get("skipped"):
+            code, start, end = message["exit_code"], message.get("start"), message.get("end")
+        elif not message and ended.get("exitCode", 0) != 0:
+            # The runner was killed with its executor (OOM, deletion): the container's own code.
+            code, start, end = ended["exitCode"], None, None
+        else:
             break
-        logs.append(
-            {
-                "exit_code": int(message["exit_code"]),
-                "start_time": message.get("start") or ended.get("startedAt"),
-                "end_time": message.get("end") or ended.get("finishedAt"),
-            }
-        )
+        entry = {"exit_code": int(code), "start_time": start or ended.get("startedAt")}
+        logs.append({**entry, "end_time": end or ended.get("finishedAt")})
+        if not message:
+            break
     return logs
 
 
-def _executor_started(pod: Json | None) -> bool:
-    for status in _statuses(pod, "initContainerStatuses"):
-        state = status.get("state") or {}
-        if str(status.get("name", "")).startswith("executor-") and (
-            "running" in state or "terminated" in state
-        ):
-            return True
-    return False
+def _object(text: object) -> Json:
+    try:
+        value = json.loads(str(text or "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _executors(pod: Json | None) -> list[Json]:
+    init = _statuses(pod, "initContainerStatuses")
+    return [s for s in init if str(s.get("name", "")).startswith("executor-")]
 
 
 def _pod_failure(pod: Json) -> str | None:
-    # Why the pod ended without a verdict: the first of our containers that failed.
-    for key in ("initContainerStatuses", "containerStatuses"):
-        for status in _statuses(pod, key):
-            ended = _terminated(status)
-            if ended and ended.get("exitCode", 0) != 0:
-                reason = ended.get("reason") or "Error"
-                code = ended.get("exitCode")
-                return f"container {status.get('name')} ended with {reason} (exit code {code})"
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-                why = f"{waiting.get('reason')}: {waiting.get('message', '')}"
-                return f"container {status.get('name')}: {why}"
+    # Why the pod ended without a verdict: the pod's own reason, else the first failed container.
+    if (pod.get("status") or {}).get("reason"):
+        return f"the task pod ended: {_why(pod['status'])}"
+    for entry in _statuses(pod):
+        ended = _state(entry, "terminated")
+        if ended and ended.get("exitCode", 0) != 0:
+            reason, code = ended.get("reason") or "Error", ended.get("exitCode")
+            return f"container {entry.get('name')} ended with {reason} (exit code {code})"
     return None
 
 
-def _finish_code(pod: Json | None) -> int | None:
-    for status in _statuses(pod, "containerStatuses"):
-        if status.get("name") == FINISH and (ended := _terminated(status)):
-            return int(ended.get("exitCode", 2))
+# -- Kueue --------------------------------------------------------------------------------------
+
+
+def _priority_missing(objects: Objects) -> Decision | None:
+    conditions = ((objects.workload or {}).get("status") or {}).get("conditions") or ()
+    hits = [_why(c) for c in [*conditions, *objects.events] if PRIORITY_MISSING in _why(c)]
+    if not hits:
+        return None
+    name = (_meta(objects.job).get("labels") or {}).get(PRIORITY_CLASS)
+    if name is None and (found := _NOT_FOUND.search(hits[0])):
+        name = found.group(1)
+    what = f"WorkloadPriorityClass {name}" if name else "the WorkloadPriorityClass it asks for"
+    ask = "ask for an existing one (backend_parameters.priority_class) or for it to be created"
+    text = f"Kueue cannot queue the task: {what} does not exist; {ask}"
+    return Decision(State.SYSTEM_ERROR, [text], finished=True)
+
+
+def _evicted(workload: Json | None) -> Decision | None:
+    cond = condition(workload, "Evicted") or {}
+    if cond.get("status") != "True":
+        return None
+    why = _why(cond, "Evicted")
+    if why.startswith(("Deactivated", "InactiveWorkload")):
+        hint = "its Workload was deactivated"
+        if "MaximumExecutionTime" in why:
+            hint = "the task ran longer than its maximum run time (backend_parameters)"
+        elif "RequeuingLimit" in why or "backoffLimitCount" in why:
+            hint = "the task was evicted more often than Kueue's requeuing limit allows"
+        return Decision(State.SYSTEM_ERROR, [f"Kueue stopped the task: {hint} ({why})"], None, True)
+    # Kueue first gives the eviction as the reason it waits: say that only once.
+    again = [w for w in _waiting(workload) if w != WAITING_KUEUE + str(cond.get("message"))]
+    logs = [f"evicted by Kueue ({why}); the task waits to run again", *again]
+    return Decision(State.QUEUED, logs, requeued=True)
+
+
+def _waiting(workload: Json | None) -> list[str]:
+    reserved, admitted = condition(workload, "QuotaReserved"), condition(workload, "Admitted")
+    if reserved and reserved.get("status") == "False" and reserved.get("message"):
+        return [WAITING_KUEUE + str(reserved["message"])]
+    if reserved and admitted and admitted.get("status") == "False" and admitted.get("message"):
+        return [WAITING_KUEUE + str(admitted["message"])]  # admission checks pending
+    return []
+
+
+def _unmanaged(job: Json, timing: Timing) -> Decision:
+    meta = _meta(job)
+    waited = timing.waited(NO_WORKLOAD, _epoch(meta.get("creationTimestamp")))
+    if waited < timing.no_workload_grace:
+        return Decision(State.QUEUED)
+    labels, namespace = meta.get("labels") or {}, meta.get("namespace", "?")
+    checks = [f"that Kueue manages namespace {namespace} (managedJobsNamespaceSelector)"]
+    checks += [f"that the Job carries the {QUEUE_NAME} label"] if QUEUE_NAME not in labels else []
+    if labels.get(PRIORITY_CLASS):
+        checks.append(f"that WorkloadPriorityClass {labels[PRIORITY_CLASS]} exists")
+    text = (
+        f"Kueue has created no Workload for Job {meta.get('name', '?')} in "
+        f"{timing.no_workload_grace:g} s, so it does not seem to manage this namespace; the "
+        f"operator should check {' and '.join(checks)}"
+    )
+    return Decision(State.QUEUED, [text])
+
+
+# -- the pod --------------------------------------------------------------------------------------
+
+
+def _oom(pod: Json | None) -> Decision | None:
+    killed = [s for s in _statuses(pod) if _state(s, "terminated").get("reason") == "OOMKilled"]
+    if not killed:
+        return None
+    # An executor's OOM kill is the cause; ours may follow as the pod goes down.
+    killed.sort(key=lambda s: not str(s.get("name", "")).startswith("executor-"))
+    name = str(killed[0].get("name", ""))
+    limit = ((_spec(pod, name).get("resources") or {}).get("limits") or {}).get("memory")
+    of = f" of {limit}" if limit else ""
+    text = f"{_who(name)} was killed for exceeding its memory limit{of}"
+    if name.startswith("executor-"):
+        text += "; ask for more memory (resources.ram_gb)"
+        return Decision(State.EXECUTOR_ERROR, [text], executor_logs(pod), finished=True)
+    text += "; the operator can raise KUEUE_TES_SIDECAR_MEMORY"
+    return Decision(State.SYSTEM_ERROR, [text], executor_logs(pod), finished=True)
+
+
+def _pull_errors(pod: Json | None, reasons: frozenset[str] = _PULLS) -> list[Json]:
+    return [s for s in _statuses(pod) if _state(s, "waiting").get("reason") in reasons]
+
+
+def _pull_failure(pod: Json | None, timing: Timing) -> Decision | None:
+    for status in _pull_errors(pod):
+        name, waiting = str(status.get("name")), _state(status, "waiting")
+        retried = waiting.get("reason") in PULL_RETRIED
+        if retried and timing.waited(f"pull:{name}") < timing.image_pull_grace:
+            continue
+        after = f" for {timing.image_pull_grace:g} s" if retried else ""
+        text = (
+            f"{_who(name)}: the image {_image(pod, status)} cannot be pulled{after} "
+            f"({_why(waiting)}); check the image name and that the cluster can reach its registry"
+        )
+        return Decision(State.SYSTEM_ERROR, [text], executor_logs(pod), finished=True)
     return None
 
 
-def decide(state: State, objects: Objects) -> Decision:
+def _pod_notes(pod: Json | None, timing: Timing) -> list[str]:
+    grace = f"the task fails if it still fails after {timing.image_pull_grace:g} s"
+    notes = [
+        f"{_who(str(s.get('name')))}: pulling the image {_image(pod, s)} fails; {grace}"
+        for s in _pull_errors(pod)
+    ]
+    scheduled = condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") == "False" and scheduled.get("message"):
+        notes.append(WAITING_NODE + str(scheduled["message"]))
+    return notes
+
+
+def waits(objects: Objects) -> set[str]:
+    """Return the keys of the waits that ``objects`` show, for the watcher to time."""
+    keys = {f"pull:{s.get('name')}" for s in _pull_errors(objects.pod, PULL_RETRIED)}
+    if objects.job is not None and objects.workload is None:
+        keys.add(NO_WORKLOAD)
+    return keys
+
+
+def _ended(pod: Json | None, job: Json | None) -> Decision | None:
+    phase = ((pod or {}).get("status") or {}).get("phase")
+    job_ended = _true(job, "Complete") or _true(job, "Failed")
+    if pod is not None and phase == "Failed" and _true(pod, "DisruptionTarget") and not job_ended:
+        # podFailurePolicy ignores disruptions: the Job controller starts a new pod.
+        why = _why(condition(pod, "DisruptionTarget") or {}, "DisruptionTarget")
+        name = _meta(pod).get("name", "?")
+        return Decision(None, [f"the task pod {name} was stopped ({why}); the Job starts another"])
+    if not job_ended and phase not in ("Succeeded", "Failed"):
+        return None
+    code = next(
+        (int(t.get("exitCode", 2)) for s in _statuses(pod, "containerStatuses")
+         if s.get("name") == FINISH and (t := _state(s, "terminated"))),
+        None,
+    )  # fmt: skip
+    final = _FINISH_CODES.get(-1 if code is None else code, State.SYSTEM_ERROR)
+    why = (pod and _pod_failure(pod)) or "the task pod ended before the sequencer's verdict"
+    logs = [why] if code is None else []
+    return Decision(final, logs, executor_logs=executor_logs(pod), finished=True, trust_report=True)
+
+
+def decide(state: State, objects: Objects, timing: Timing | None = None) -> Decision:
     """Map what the cluster shows of a task onto its next TES state."""
+    timing = timing or Timing()
     if state is State.CANCELING:
         return Decision(state=State.CANCELED if objects.gone else None, finished=objects.gone)
-    workload, pod, job = objects.workload, objects.pod, objects.job
     if objects.gone:
         return Decision()
-    if _true(workload, "Evicted"):
-        cond = _condition(workload, "Evicted") or {}
-        reason = f"{cond.get('reason', 'Evicted')}: {cond.get('message', '')}".strip(": ")
-        if str(cond.get("reason", "")).startswith("Deactivated"):
-            return Decision(
-                State.SYSTEM_ERROR, [f"Kueue deactivated the task: {reason}"], finished=True
-            )
-        return Decision(
-            State.QUEUED,
-            [f"evicted by Kueue ({reason}); the task waits to run again"],
-            requeued=True,
-        )
+    workload, pod, job = objects.workload, objects.pod, objects.job
+    refused = _priority_missing(objects) or _evicted(workload)
+    if refused is not None:
+        return refused
     if not _true(workload, "Admitted") and (job or {}).get("spec", {}).get("suspend", True):
-        reserved = _condition(workload, "QuotaReserved")
-        waiting = (
-            reserved.get("message") if reserved and reserved.get("status") == "False" else None
-        )
-        logs = [f"waiting for Kueue: {waiting}"] if waiting else []
-        return Decision(State.QUEUED, logs)
-    ended_pod = pod is not None and (
-        (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-    )
-    if ended_pod or _true(job, "Complete") or _true(job, "Failed"):
-        code = _finish_code(pod)
-        final = (
-            _FINISH_CODES.get(code, State.SYSTEM_ERROR) if code is not None else State.SYSTEM_ERROR
-        )
-        logs = []
-        if final is State.SYSTEM_ERROR and pod is not None and code is None:
-            logs.append(_pod_failure(pod) or "the task pod ended before the sequencer's verdict")
-        return Decision(final, logs, executor_logs=executor_logs(pod), finished=True)
-    if _executor_started(pod):
-        return Decision(State.RUNNING, executor_logs=executor_logs(pod))
-    return Decision(State.INITIALIZING)
+        if workload is None and job is not None:
+            return _unmanaged(job, timing)
+        return Decision(State.QUEUED, _waiting(workload))
+    failed = _oom(pod) or _pull_failure(pod, timing) or _ended(pod, job)
+    if failed is not None:
+        return failed
+    notes = _pod_notes(pod, timing)
+    if any({"running", "terminated"} & set(s.get("state") or {}) for s in _executors(pod)):
+        return Decision(State.RUNNING, notes, executor_logs=executor_logs(pod))
+    return Decision(State.INITIALIZING, notes)
+
+
+def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
+    """Return ``current`` with the new ``notes`` added, or None if nothing is new."""
+    # A "waiting for …" line replaces the one right before it: a wait that Kueue re-explains
+    # every few seconds stays one line that says why the task waits now.
+    out = list(current)
+    for note in notes:
+        if note in out:
+            continue
+        prefix = next((p for p in (WAITING_KUEUE, WAITING_NODE) if note.startswith(p)), None)
+        if prefix and out and out[-1].startswith(prefix):
+            out[-1] = note
+        else:
+            out.append(note)
+    return out if out != current else None
 
 
 @dataclass
@@ -180,11 +381,8 @@ def read_report(log: str) -> Report:
     report = Report()
     by_index: dict[int, Json] = {}
     for raw in log.splitlines():
-        line = raw.strip()
-        if not line.startswith("{"):
-            continue
         try:
-            event = json.loads(line)
+            event = json.loads(raw) if raw.lstrip().startswith("{") else None
         except json.JSONDecodeError:
             continue
         if not isinstance(event, dict) or event.get("kueue-tes") != 1:
@@ -192,11 +390,7 @@ def read_report(log: str) -> Report:
         kind = event.get("event")
         report.system_logs += [str(s) for s in event.get("system_logs") or ()]
         if kind == "executor" and not event.get("skipped"):
-            entry = {
-                k: event[k]
-                for k in ("exit_code", "start_time", "end_time", "stdout", "stderr")
-                if event.get(k) is not None
-            }
+            entry = {k: event[k] for k in _EXECUTOR_KEYS if event.get(k) is not None}
             by_index[int(event.get("index", len(by_index)))] = entry
         elif kind == "outputs":
             report.outputs = [dict(o) for o in event.get("outputs") or ()]

@@ -3,6 +3,13 @@
 It is level-triggered: every observation is judged against the task's stored state, so it can
 be stopped at any point and restarted (a resync rebuilds what it knew) without losing or
 repeating a transition.
+
+Attempts (TES TaskLogs): the worker opens the first at submission, the watcher each later one
+when Kueue admits the task again after an eviction (design section 10): one per admission. An
+evicted attempt keeps its end_time, and what the task waits for until its next admission is
+added to its system_logs, so a client polling a QUEUED task reads why in the last TaskLog. An
+attempt's ``metadata`` names its ``pod`` and, once evicted, Kueue's reason (``evicted``): that is
+how a restarted watcher tells an old pod from a new one.
 """
 
 from __future__ import annotations
@@ -25,12 +32,42 @@ log = logging.getLogger(__name__)
 
 RUNTIME_NOTE = "kueue-tes/runtime-note"
 REPORT_LIMIT = 8 * 1024 * 1024
+TAIL_LIMIT = 64 * 1024  # an executor's log tail, read only where the report has none
 Json = dict[str, Any]
+_ACTIVE = (State.INITIALIZING, State.RUNNING)
 
 
 def now() -> str:
     """Return the current UTC time as RFC 3339."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _name(obj: Json | None) -> str | None:
+    return None if obj is None else (obj.get("metadata") or {}).get("name")
+
+
+def _with(objects: states.Objects, obs: Observation) -> states.Objects:
+    kind: str = obs.kind
+    if kind == "Event":  # Warning Events about the Job, where the cluster reports them
+        kept = tuple(e for e in objects.events if _name(e) != obs.name)
+        return replace(objects, events=kept + ((obs.obj,) if obs.obj is not None else ()))
+    changes: Json = {kind.lower(): obs.obj}
+    return replace(objects, **changes)
+
+
+def _old_pods(attempts: list[Json]) -> set[str]:
+    # Pods of ended attempts (earlier ones, or the last if evicted) linger while they terminate.
+    metas = [a.get("metadata") or {} for a in attempts]
+    return {
+        m["pod"]
+        for i, m in enumerate(metas)
+        if "pod" in m and (m.get("evicted") or i + 1 < len(metas))
+    }
+
+
+def _since(obj: Json | None, kind: str) -> str:
+    # When Kueue flipped a condition: stable across watcher restarts, unlike our own clock.
+    return str((states.condition(obj, kind) or {}).get("lastTransitionTime") or now())
 
 
 class Watcher:
@@ -42,21 +79,32 @@ class Watcher:
         cluster: Cluster,
         resubmit: Callable[[str], None] | None = None,
         grace_seconds: float = 30.0,
+        *,
+        recancel: Callable[[str], None] | None = None,
+        image_pull_grace_seconds: float = 300.0,
+        no_workload_seconds: float = 120.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """Watch ``cluster`` for ``store``; ``resubmit`` re-enqueues lost submissions."""
-        self.store, self.cluster, self.resubmit = store, cluster, resubmit
+        """Watch ``cluster`` for ``store``; ``resubmit`` and ``recancel`` re-enqueue lost work."""
+        self.store, self.cluster = store, cluster
+        self.resubmit, self.recancel = resubmit, recancel
         self.grace_seconds = grace_seconds
+        self.image_pull_grace = image_pull_grace_seconds
+        self.no_workload_grace = no_workload_seconds
+        self.clock = clock
         self.objects: dict[str, states.Objects] = {}
+        self.first_seen: dict[str, dict[str, float]] = {}  # task → wait → when first seen
+        self._deleted: dict[str, float] = {}  # task → when we asked to delete its Job
+        self._canceling: dict[str, float] = {}  # task → when its cancel was last (re)enqueued
         self._stop = threading.Event()
 
     # -- observations -----------------------------------------------------------------------
 
     def apply(self, obs: Observation) -> None:
         """Record one observation and reconcile its task."""
-        current = self.objects.get(obs.task_id, states.Objects())
-        current = replace(current, **{obs.kind.lower(): obs.obj})
+        current = _with(self.objects.get(obs.task_id, states.Objects()), obs)
         if current.gone and current.workload is None:
-            self.objects.pop(obs.task_id, None)
+            self._forget(obs.task_id)
         else:
             self.objects[obs.task_id] = current
         try:
@@ -64,53 +112,90 @@ class Watcher:
         except ClusterError as exc:
             log.warning("task %s: cluster error while reconciling: %s", obs.task_id, exc)
 
+    def _forget(self, task_id: str) -> None:
+        self.objects.pop(task_id, None)
+        self.first_seen.pop(task_id, None)
+        self._deleted.pop(task_id, None)
+
     def reconcile(self, task_id: str, objects: states.Objects) -> None:
         """Bring the stored task in line with ``objects``."""
         record = self.store.get(task_id)
         if record is None or record.state in TERMINAL:
             if not objects.gone:
                 # Ours but finished (or unknown): the store has the record; remove the rest.
-                self.cluster.delete(task_id)
+                self._delete(task_id)
             return
-        decision = states.decide(record.state, objects)
-        index = self._attempt(record)
-        notes = list(decision.system_logs)
+        record, index = self._attempt(record)
+        pod = _name(objects.pod)
+        if pod is not None and pod in _old_pods(record.doc["logs"]):
+            objects, pod = replace(objects, pod=None), None  # an evicted attempt's, going away
+        decision = states.decide(record.state, objects, self._timing(task_id, objects))
+        record, index = self._current(record, index, pod, decision)
         note = ((objects.pod or {}).get("metadata") or {}).get("annotations", {}).get(RUNTIME_NOTE)
         if note:
-            notes.insert(0, str(note))
+            decision.system_logs.insert(0, str(note))
         if decision.finished:
-            self._finish(record, index, decision, notes)
+            self._finish(record, index, decision, objects)
         elif decision.requeued:
-            self._requeue(record, index, notes)
+            self._requeue(record, index, decision, objects)
         else:
-            self._progress(record, index, decision, notes)
+            self._progress(record, index, decision, objects)
 
-    def _attempt(self, record: TaskRecord) -> int:
-        logs = record.doc.get("logs") or []
-        if logs:
-            return len(logs) - 1
-        index = self.store.append_attempt(record.id, {"logs": [], "outputs": []})
-        record.doc = dict(
-            record.doc, logs=[{"logs": [], "outputs": [], "system_logs": record.notes}]
-        )
-        return index
+    def _timing(self, task_id: str, objects: states.Objects) -> states.Timing:
+        at = self.clock()
+        seen = self.first_seen.get(task_id, {})
+        since = {key: seen.get(key, at) for key in states.waits(objects)}
+        if since:
+            self.first_seen[task_id] = since
+        else:
+            self.first_seen.pop(task_id, None)
+        return states.Timing(at, since, self.image_pull_grace, self.no_workload_grace)
 
-    @staticmethod
-    def _merged(record: TaskRecord, index: int, notes: list[str]) -> list[str] | None:
-        current = list(record.doc["logs"][index].get("system_logs") or [])
-        fresh = [n for n in notes if n not in current]
-        return current + fresh if fresh else None
+    def _attempt(self, record: TaskRecord) -> tuple[TaskRecord, int]:
+        if not record.doc.get("logs"):
+            self.store.append_attempt(record.id, {"logs": [], "outputs": []})
+            record = self.store.get(record.id) or record
+        return record, len(record.doc["logs"]) - 1
+
+    def _current(
+        self, record: TaskRecord, index: int, pod: str | None, decision: states.Decision
+    ) -> tuple[TaskRecord, int]:
+        """Return the attempt ``decision`` belongs to, closing and opening attempts as needed."""
+        attempt = record.doc["logs"][index]
+        meta = attempt.get("metadata") or {}
+        if decision.requeued or record.state is State.CANCELING:
+            return record, index
+        if not attempt.get("end_time"):
+            if pod is None or meta.get("pod") in (None, pod):
+                return record, index
+            # A new pod while the attempt's own was never seen to end: it was replaced (an
+            # eviction and re-admission, or a disruption) while the watcher was not looking.
+            replaced = f"the task's pod {meta['pod']} was replaced by {pod}"
+            changes: Json = {"end_time": now(), "metadata": {**meta, "evicted": "PodReplaced"}}
+            changes["system_logs"] = states.merge_logs(attempt.get("system_logs") or [], [replaced])
+            self.store.update_attempt(record.id, index, changes)
+        elif not meta.get("evicted"):
+            return record, index  # ended by a finish that did not get to move the task
+        elif decision.state not in _ACTIVE and not (decision.finished and pod):
+            return record, index  # still waiting after the eviction
+        self.store.append_attempt(record.id, {"logs": [], "outputs": []})
+        log.info("task %s: admitted again; attempt %d begins", record.id, index + 2)
+        fresh = self.store.get(record.id) or record
+        return fresh, len(fresh.doc["logs"]) - 1
 
     def _progress(
-        self, record: TaskRecord, index: int, decision: states.Decision, notes: list[str]
+        self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
     ) -> None:
+        attempt = record.doc["logs"][index]
         changes: Json = {}
-        merged = self._merged(record, index, notes)
+        merged = states.merge_logs(attempt.get("system_logs") or [], decision.system_logs)
         if merged is not None:
             changes["system_logs"] = merged
-        attempt = record.doc["logs"][index]
-        if decision.state in (State.INITIALIZING, State.RUNNING) and not attempt.get("start_time"):
-            changes["start_time"] = now()
+        if decision.state in _ACTIVE and not attempt.get("start_time"):
+            changes["start_time"] = _since(objects.workload, "Admitted")
+        pod, meta = _name(objects.pod), attempt.get("metadata") or {}
+        if pod is not None and not attempt.get("end_time") and meta.get("pod") != pod:
+            changes["metadata"] = {**meta, "pod": pod}
         if decision.executor_logs and decision.executor_logs != attempt.get("logs"):
             changes["logs"] = decision.executor_logs
         if changes:
@@ -123,44 +208,93 @@ class Watcher:
                 log.info("task %s: %s", record.id, target.value)
 
     def _finish(
-        self, record: TaskRecord, index: int, decision: states.Decision, notes: list[str]
+        self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
     ) -> None:
         final = decision.state or State.SYSTEM_ERROR
-        changes: Json = {"end_time": now()}
-        if final is not State.CANCELED:
-            report = states.read_report(self._sequencer_log(record.id))
-            final = report.verdict or final
-            notes = notes + report.system_logs
-            changes["logs"] = report.executors or decision.executor_logs or []
-            changes["outputs"] = report.outputs
+        attempt = record.doc["logs"][index]
+        changes: Json = {} if attempt.get("end_time") else {"end_time": now()}
+        pod, meta = _name(objects.pod), attempt.get("metadata") or {}
+        if pod is not None and meta.get("pod") != pod:
+            changes["metadata"] = {**meta, "pod": pod}
+        notes = list(decision.system_logs)
+        if final is State.CANCELED:
+            notes.append("canceled; the task pod is gone")
         else:
-            notes = [*notes, "canceled; the task pod is gone"]
-        merged = self._merged(record, index, notes)
+            log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            report = states.read_report(log_text)
+            if decision.trust_report and report.verdict is not None:
+                final = report.verdict
+            notes = notes + report.system_logs
+            executors = self._executor_logs(record.id, report, decision.executor_logs, pod)
+            if executors:
+                changes["logs"] = executors
+            if report.outputs:
+                changes["outputs"] = report.outputs
+        merged = states.merge_logs(attempt.get("system_logs") or [], notes)
         if merged is not None:
             changes["system_logs"] = merged
         # Logs first, then the state: a client that sees the final state sees its logs.
-        self.store.update_attempt(record.id, index, changes)
+        if changes:
+            self.store.update_attempt(record.id, index, changes)
         if self.store.transition(record.id, final):
             log.info("task %s: %s", record.id, final.value)
         if final is not State.CANCELED:
-            self.cluster.delete(record.id)
+            self._delete(record.id)
 
-    def _requeue(self, record: TaskRecord, index: int, notes: list[str]) -> None:
-        changes: Json = {"end_time": now()}
-        merged = self._merged(record, index, notes)
+    def _executor_logs(
+        self, task_id: str, report: states.Report, from_pod: list[Json] | None, pod: str | None
+    ) -> list[Json]:
+        # The report's entries carry the tails; the pod's status knows executors the sequencer
+        # did not get to report (an OOM kill takes the runner with it): read their logs here.
+        logs = [dict(entry) for entry in report.executors]
+        logs += [dict(entry) for entry in (from_pod or [])[len(logs) :]]
+        for i, entry in enumerate(logs):
+            if "stdout" not in entry and pod is not None:
+                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT)
+        return logs
+
+    def _requeue(
+        self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
+    ) -> None:
+        attempt = record.doc["logs"][index]
+        meta = attempt.get("metadata") or {}
+        changes: Json = {}
+        started = attempt.get("start_time") or record.state is not State.QUEUED
+        if started and not attempt.get("end_time"):
+            evicted = states.condition(objects.workload, "Evicted") or {}
+            changes["end_time"] = _since(objects.workload, "Evicted")
+            changes["metadata"] = {**meta, "evicted": str(evicted.get("reason") or "Evicted")}
+            # What the evicted pod got done is in its sequencer's report: read it now, once.
+            pod = _name(objects.pod)
+            text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            report = states.read_report(text)
+            from_pod = states.executor_logs(objects.pod)
+            if logs := self._executor_logs(record.id, report, from_pod, pod):
+                changes["logs"] = logs
+            decision.system_logs[:0] = report.system_logs
+        merged = states.merge_logs(attempt.get("system_logs") or [], decision.system_logs)
         if merged is not None:
             changes["system_logs"] = merged
-        self.store.update_attempt(record.id, index, changes)
+        if changes:
+            self.store.update_attempt(record.id, index, changes)
         if self.store.transition(record.id, State.QUEUED):
-            self.store.append_attempt(record.id, {"logs": [], "outputs": []})
             log.info("task %s: evicted, QUEUED again", record.id)
 
-    def _sequencer_log(self, task_id: str) -> str:
+    def _read(self, task_id: str, container: str, limit: int) -> str:
         try:
-            return self.cluster.read_log(task_id, states.SEQUENCER, REPORT_LIMIT)
+            return self.cluster.read_log(task_id, container, limit)
         except ClusterError as exc:
-            log.warning("task %s: cannot read the sequencer's report: %s", task_id, exc)
+            log.warning("task %s: cannot read the log of %s: %s", task_id, container, exc)
             return ""
+
+    def _delete(self, task_id: str) -> None:
+        # Once per Job: its deletion shows up as observations that must not delete it again.
+        asked = self._deleted.get(task_id)
+        if asked is not None and time.monotonic() - asked < self.grace_seconds:
+            return
+        self.cluster.delete(task_id)
+        self._deleted[task_id] = time.monotonic()
+        log.info("task %s: final state stored; its Job is deleted", task_id)
 
     # -- sweeps -----------------------------------------------------------------------------
 
@@ -168,8 +302,9 @@ class Watcher:
         """Rebuild what the cluster shows from a full snapshot and reconcile every task."""
         seen: dict[str, states.Objects] = {}
         for obs in self.cluster.snapshot():
-            current = seen.get(obs.task_id, states.Objects())
-            seen[obs.task_id] = replace(current, **{obs.kind.lower(): obs.obj})
+            seen[obs.task_id] = _with(seen.get(obs.task_id, states.Objects()), obs)
+        for task_id in set(self.objects) - set(seen):
+            self._forget(task_id)
         self.objects = seen
         for task_id, objects in seen.items():
             try:
@@ -179,18 +314,28 @@ class Watcher:
         self.sweep()
 
     def sweep(self) -> None:
-        """Finish cancels whose pod is gone, re-enqueue lost submissions, fail vanished Jobs."""
-        for task_id in self.store.ids_in_states([State.CANCELING]):
+        """Finish or re-send cancels, re-enqueue lost submissions, fail vanished Jobs."""
+        at = self.clock()
+        canceling = self.store.ids_in_states([State.CANCELING])
+        self._canceling = {task_id: self._canceling.get(task_id, at) for task_id in canceling}
+        for task_id in canceling:
             if task_id not in self.objects and not self.cluster.exists(task_id):
                 self.reconcile(task_id, states.Objects())
-        cutoff = time.time() - self.grace_seconds
+                continue
+            due = at - self._canceling[task_id] >= self.grace_seconds
+            job = task_id not in self.objects or self.objects[task_id].job is not None
+            if self.recancel is not None and due and job:
+                log.info("task %s: CANCELING and its Job still exists; cancel again", task_id)
+                self.recancel(task_id)
+                self._canceling[task_id] = at
+        cutoff = at - self.grace_seconds
         for task_id in self.store.ids_in_states([State.QUEUED]):
             if task_id in self.objects or ids.created_at(task_id) > cutoff:
                 continue
             if self.resubmit is not None and not self.cluster.exists(task_id):
                 log.info("task %s: QUEUED with no Job; submitting it again", task_id)
                 self.resubmit(task_id)
-        for task_id in self.store.ids_in_states([State.INITIALIZING, State.RUNNING]):
+        for task_id in self.store.ids_in_states(_ACTIVE):
             if task_id not in self.objects and not self.cluster.exists(task_id):
                 self._vanished(task_id)
 
@@ -198,29 +343,56 @@ class Watcher:
         record = self.store.get(task_id)
         if record is None or record.state in TERMINAL:
             return
-        index = self._attempt(record)
-        merged = self._merged(record, index, ["the task's Job disappeared from the cluster"])
-        self.store.update_attempt(task_id, index, {"end_time": now(), "system_logs": merged or []})
-        self.store.transition(task_id, State.SYSTEM_ERROR)
+        record, index = self._attempt(record)
+        attempt = record.doc["logs"][index]
+        gone = ["the task's Job disappeared from the cluster"]
+        merged = states.merge_logs(attempt.get("system_logs") or [], gone)
+        changes: Json = {"system_logs": merged} if merged is not None else {}
+        if not attempt.get("end_time"):
+            changes["end_time"] = now()
+        self.store.update_attempt(task_id, index, changes)
+        if self.store.transition(task_id, State.SYSTEM_ERROR):
+            log.warning("task %s: SYSTEM_ERROR: its Job disappeared", task_id)
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self, resync_seconds: float = 30.0, poll_seconds: float = 1.0) -> None:
-        """Watch until stop(); resync in full every ``resync_seconds``."""
-        last = 0.0
+    def run(
+        self,
+        resync_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+        leader: Callable[[], bool] | None = None,
+    ) -> None:
+        """Watch until stop(); resync in full every ``resync_seconds``; work only as ``leader``."""
+        last_resync = last_sweep = float("-inf")
+        leading = leader is None
         while not self._stop.is_set():
+            if leader is not None and not leader():
+                if leading:
+                    log.warning("watcher: lost the lease; standing by")
+                leading = False
+                self._stop.wait(poll_seconds)
+                continue
+            if not leading:
+                # What happened while another watcher (or none) led is only in a full resync.
+                log.info("watcher: holding the lease; resyncing")
+                leading, last_resync = True, float("-inf")
             try:
-                if time.monotonic() - last > resync_seconds:
+                if time.monotonic() - last_resync >= resync_seconds:
                     self.resync()
-                    last = time.monotonic()
+                    last_resync = last_sweep = time.monotonic()
+                elif time.monotonic() - last_sweep >= min(resync_seconds, self.grace_seconds):
+                    self.sweep()
+                    last_sweep = time.monotonic()
                 for obs in self.cluster.watch(poll_seconds):
-                    self.apply(obs)
-                    if self._stop.is_set():
+                    if self._stop.is_set() or (leader is not None and not leader()):
                         break
-            except Exception:
-                # One bad observation must not stop the watcher; the next resync repairs.
-                log.exception("watcher iteration failed; resyncing")
-                last = 0.0
+                    self.apply(obs)
+            except Exception as exc:
+                # One bad observation must not stop the watcher; the next resync repairs. A
+                # cluster error is expected now and then: no traceback for it.
+                report = log.warning if isinstance(exc, ClusterError) else log.exception
+                report("watcher iteration failed (%s); resyncing", exc)
+                last_resync = float("-inf")
                 self._stop.wait(poll_seconds)
 
     def stop(self) -> None:

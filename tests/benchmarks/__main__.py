@@ -7,12 +7,13 @@ timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api
+from tests.benchmarks import api, runtime, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -34,6 +35,17 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "sequential requests on one keep-alive connection, each query taking turns with GetTask "
         "MINIMAL, its reference; [n] = matching tasks",
         lambda args, gen: api.listing(args.workers, args.max_seconds),
+    ),
+    "runtime": (
+        f"Local runtime through `kueue-tes serve` and its HTTP API: {runtime.EXECUTORS} executors "
+        f"running `true` against running `true` directly; trivial tasks per minute (default "
+        f"quota: cpu={os.cpu_count()}, the machine's cpu count)",
+        lambda args, gen: runtime.runtime(args.runtime_rounds, args.runtime_tasks, args.local_cpu),
+    ),
+    "watcher": (
+        "Watcher: recorded Job/Pod/Workload observations through states.decide and the SQLite "
+        "store's compare-and-set (best of 3), against a bare loop of the same tasks' transitions",
+        lambda args, gen: watcher.watcher(args.watcher_tasks),
     ),
 }
 #: Names that stand for several benchmarks.
@@ -60,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
     parser.add_argument(
         "--max-seconds", type=float, default=2.5, help="time cap of each latency measurement"
+    )
+    parser.add_argument(
+        "--runtime-rounds", type=int, default=3, help="runtime: timed tasks of 20 executors"
+    )
+    parser.add_argument(
+        "--runtime-tasks", type=int, default=40, help="runtime: trivial tasks submitted at once"
+    )
+    parser.add_argument(
+        "--local-cpu",
+        type=float,
+        default=16.0,
+        help="runtime: the raised KUEUE_TES_LOCAL_CPU of the second throughput run",
+    )
+    parser.add_argument(
+        "--watcher-tasks", type=int, default=300, help="watcher: tasks replayed at once"
     )
     return parser
 
