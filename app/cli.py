@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,7 +32,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _local_cluster(settings: Settings) -> Any:
-    import os
 
     from worker.cluster.base import PermanentError
     from worker.cluster.local.cluster import LocalCluster
@@ -60,8 +60,15 @@ def serve(settings: Settings) -> None:
     from worker import context
     from worker.watcher import Watcher
 
-    # The local runtime ignores images: our own containers run this very interpreter.
-    settings = settings.model_copy(update={"pod_python": sys.executable})
+    # The local runtime ignores images: our own containers run this very interpreter. Their
+    # cpu request would make a 1-cpu task ask for 1.1 and halve what a small machine runs at
+    # once; locally they count as nothing unless the operator says otherwise.
+    local: dict[str, Any] = {"pod_python": sys.executable}
+    if "sidecar_cpu" not in settings.model_fields_set and not os.environ.get(
+        "KUEUE_TES_SIDECAR_CPU"
+    ):
+        local["sidecar_cpu"] = "0"
+    settings = settings.model_copy(update=local)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cluster = _local_cluster(settings)
     task_store = store.open_store(settings)
@@ -69,7 +76,15 @@ def serve(settings: Settings) -> None:
     task_queue = queue.TaskQueue(settings, connection)
     context.install(context.Context(settings=settings, store=task_store, cluster=cluster))
     queue.start_thread_worker(settings, connection)
-    watcher = Watcher(task_store, cluster, resubmit=task_queue.submit)
+    watcher = Watcher(
+        task_store,
+        cluster,
+        resubmit=task_queue.submit,
+        recancel=task_queue.cancel,
+        grace_seconds=settings.resubmit_grace_seconds,
+        image_pull_grace_seconds=settings.image_pull_grace_seconds,
+        no_workload_seconds=settings.no_workload_seconds,
+    )
     watching = threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True)
     watching.start()
     app = create_app(settings, task_store, task_queue)
@@ -122,21 +137,44 @@ def api(settings: Settings) -> None:
     _Gunicorn().run()
 
 
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _kubernetes(settings: Settings, command: str) -> Any:
+    """Connect to the cluster, or exit with a message that says why not."""
+    import importlib
+
+    try:  # imported by name: the only module that imports the kubernetes client
+        backend = importlib.import_module("worker.cluster.kubernetes")
+    except ImportError as exc:
+        sys.exit(f"kueue-tes {command}: the Kubernetes backend is not available: {exc}")
+    lease_namespace = settings.lease_namespace
+    if lease_namespace is None and _SA_NAMESPACE.is_file():
+        lease_namespace = _SA_NAMESPACE.read_text().strip()
+    try:
+        return backend.KubernetesCluster.from_config(
+            settings.namespace, lease_namespace=lease_namespace
+        )
+    except backend.PermanentError as exc:
+        sys.exit(f"kueue-tes {command}: {exc}")
+
+
 def worker(settings: Settings, burst: bool = False) -> None:
-    """Run an RQ worker for submit and cancel jobs (production)."""
+    """Run an RQ worker for submit and cancel jobs against Kubernetes (production)."""
     from app import queue, store
     from worker import context
 
     if not settings.redis_url:
         sys.exit("kueue-tes worker: set KUEUE_TES_REDIS_URL to the queue the API enqueues on")
-    context.install(context.Context(settings=settings, store=store.open_store(settings)))
+    cluster = _kubernetes(settings, "worker")
+    context.install(
+        context.Context(settings=settings, store=store.open_store(settings), cluster=cluster)
+    )
     queue.run_worker(settings, queue.connect(settings), burst=burst)
 
 
 def watch(settings: Settings) -> None:
     """Run the watcher against Kubernetes; of several replicas, the Lease holder works."""
-    import importlib
-    import os
     import signal
     import socket
 
@@ -146,14 +184,7 @@ def watch(settings: Settings) -> None:
 
     if not settings.redis_url:
         sys.exit("kueue-tes watch: set KUEUE_TES_REDIS_URL to the queue the API enqueues on")
-    try:  # imported by name: the only module that imports the kubernetes client
-        backend = importlib.import_module("worker.cluster.kubernetes")
-    except ImportError as exc:
-        sys.exit(f"kueue-tes watch: the Kubernetes backend is not available: {exc}")
-    try:
-        cluster: Any = backend.KubernetesCluster.from_config(settings.namespace)
-    except backend.PermanentError as exc:
-        sys.exit(f"kueue-tes watch: {exc}")
+    cluster = _kubernetes(settings, "watch")
     identity = f"{socket.gethostname()}-{os.getpid()}"
     try:
         elector = Elector(

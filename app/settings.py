@@ -255,7 +255,14 @@ class Settings(BaseSettings):
     # -- the watcher ----------------------------------------------------------------------------
     lease_name: str = Field(
         default="kueue-tes-watcher",
-        description="coordination.k8s.io Lease (in the task namespace) that elects the watcher.",
+        description="coordination.k8s.io Lease that elects the watcher.",
+    )
+    lease_namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of that Lease: the control plane's own; default: the namespace of the "
+            "pod's service account, else the task namespace."
+        ),
     )
     lease_duration_seconds: float = Field(
         default=15.0, description="How long a silent watcher's Lease lasts before a standby leads."

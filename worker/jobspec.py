@@ -18,8 +18,8 @@ from app.settings import Settings
 from worker.cluster.base import MANAGED_BY, QUEUE_NAME, TASK_ID
 
 CONTROL = "/tes"
-WORK = "/var/lib/kueue-tes/work"
-TASK_DIR = "/etc/kueue-tes/task"
+WORK = "/kueue-tes/work"
+TASK_DIR = "/kueue-tes/task"
 BUSYBOX = f"{CONTROL}/bin/busybox"
 RUNNER = f"{CONTROL}/bin/runner.sh"
 STAGED = f"{CONTROL}/staged"
@@ -29,7 +29,7 @@ _WILDCARDS = frozenset("*?[")
 
 #: `finish` waits for the sequencer's verdict and turns it into its exit code.
 FINISH_SCRIPT = f"""\
-while [ ! -s {CONTROL}/verdict ]; do {BUSYBOX} sleep 0.2; done
+while [ ! -s {CONTROL}/verdict ]; do {BUSYBOX} sleep 0.05; done
 case "$({BUSYBOX} cat {CONTROL}/verdict)" in
   COMPLETE) exit 0 ;;
   EXECUTOR_ERROR) exit 1 ;;
@@ -337,7 +337,7 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
                 "image": settings.image,
                 "command": [settings.pod_python, "-m", "worker.sequencer.setup", CONTROL],
                 "resources": _ours(settings),
-        "securityContext": UNPRIVILEGED,
+                "securityContext": UNPRIVILEGED,
                 "volumeMounts": [_control_mount()],
             },
             _sequencer(settings, host_env),
@@ -349,7 +349,7 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
                 "image": settings.image,
                 "command": [BUSYBOX, "sh", "-c", FINISH_SCRIPT],
                 "resources": _ours(settings),
-        "securityContext": UNPRIVILEGED,
+                "securityContext": UNPRIVILEGED,
                 "volumeMounts": [_control_mount()],
             }
         ],

@@ -48,6 +48,7 @@ def served(tmp_path: Path) -> Iterator[str]:
             str(tmp_path / "data"),
         ],
         cwd=ROOT,
+        check=False,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -119,6 +120,7 @@ def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: 
             str(tmp_path / "data"),
         ],
         cwd=ROOT,
+        check=False,
         env=env,
         capture_output=True,
         text=True,
@@ -126,4 +128,28 @@ def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: 
     )
     assert proc.returncode != 0
     assert "bubblewrap" in proc.stderr and "apt-get install bubblewrap" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "watch"])
+def test_kubernetes_processes_without_a_cluster_say_so(tmp_path: Path, command: str) -> None:
+    """worker and watch with no reachable cluster config exit with a message, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
+    env.update(
+        KUEUE_TES_REDIS_URL="redis://127.0.0.1:1/0",
+        KUEUE_TES_DATA_DIR=str(tmp_path),
+        KUBECONFIG=str(tmp_path / "no-such-kubeconfig"),
+        HOME=str(tmp_path),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", command],
+        cwd=ROOT,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"kueue-tes {command}: ")
     assert "Traceback" not in proc.stderr

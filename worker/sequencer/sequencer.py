@@ -49,8 +49,8 @@ class Paths:
     """Where the sequencer finds things in its container."""
 
     control: Path = Path("/tes")
-    work: Path = Path("/var/lib/kueue-tes/work")
-    task_dir: Path = Path("/etc/kueue-tes/task")
+    work: Path = Path("/kueue-tes/work")
+    task_dir: Path = Path("/kueue-tes/task")
 
     def local(self, container_path: str) -> Path:
         """Return where a path of the executors' containers lives in the work volume."""
@@ -237,8 +237,8 @@ def main() -> int:
     report = Report()
     paths = Paths(
         control=Path(os.environ.get("KUEUE_TES_CONTROL_DIR", "/tes")),
-        work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/var/lib/kueue-tes/work")),
-        task_dir=Path(os.environ.get("KUEUE_TES_TASK_DIR", "/etc/kueue-tes/task")),
+        work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/kueue-tes/work")),
+        task_dir=Path(os.environ.get("KUEUE_TES_TASK_DIR", "/kueue-tes/task")),
     )
     try:
         settings = Settings()
