@@ -48,7 +48,6 @@ def served(tmp_path: Path) -> Iterator[str]:
             str(tmp_path / "data"),
         ],
         cwd=ROOT,
-        check=False,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
