@@ -39,7 +39,6 @@ _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
 _NOT_FOUND = re.compile(r'"([^"]+)" not found')
 _PULLS = PULL_RETRIED | PULL_FATAL
 _ALL = ("initContainerStatuses", "containerStatuses")
-_EXECUTOR_KEYS = ("exit_code", "start_time", "end_time", "stdout", "stderr")
 
 
 @dataclass(frozen=True)
@@ -170,6 +169,15 @@ def _object(text: object) -> Json:
 def _executors(pod: Json | None) -> list[Json]:
     init = _statuses(pod, "initContainerStatuses")
     return [s for s in init if str(s.get("name", "")).startswith("executor-")]
+
+
+def _ran(status: Json) -> bool:
+    # Running, or ended having run: an executor skipped after a failed stage-in never ran.
+    state = status.get("state") or {}
+    ended = state.get("terminated")
+    return "running" in state or (
+        ended is not None and not _object(ended.get("message")).get("skipped")
+    )
 
 
 def _pod_failure(pod: Json) -> str | None:
@@ -345,7 +353,7 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
     if failed is not None:
         return failed
     notes = _pod_notes(pod, timing)
-    if any({"running", "terminated"} & set(s.get("state") or {}) for s in _executors(pod)):
+    if any(_ran(s) for s in _executors(pod)):
         return Decision(State.RUNNING, notes, executor_logs=executor_logs(pod))
     return Decision(State.INITIALIZING, notes)
 
@@ -364,37 +372,3 @@ def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
         else:
             out.append(note)
     return out if out != current else None
-
-
-@dataclass
-class Report:
-    """The sequencer's report of one attempt."""
-
-    verdict: State | None = None
-    executors: list[Json] = field(default_factory=list)
-    outputs: list[Json] = field(default_factory=list)
-    system_logs: list[str] = field(default_factory=list)
-
-
-def read_report(log: str) -> Report:
-    """Parse the sequencer's JSON-lines report out of its container log."""
-    report = Report()
-    by_index: dict[int, Json] = {}
-    for raw in log.splitlines():
-        try:
-            event = json.loads(raw) if raw.lstrip().startswith("{") else None
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(event, dict) or event.get("kueue-tes") != 1:
-            continue
-        kind = event.get("event")
-        report.system_logs += [str(s) for s in event.get("system_logs") or ()]
-        if kind == "executor" and not event.get("skipped"):
-            entry = {k: event[k] for k in _EXECUTOR_KEYS if event.get(k) is not None}
-            by_index[int(event.get("index", len(by_index)))] = entry
-        elif kind == "outputs":
-            report.outputs = [dict(o) for o in event.get("outputs") or ()]
-        elif kind == "verdict" and event.get("state") in State.__members__:
-            report.verdict = State(event["state"])
-    report.executors = [by_index[i] for i in sorted(by_index)]
-    return report

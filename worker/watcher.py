@@ -27,6 +27,7 @@ from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
 from worker import states
 from worker.cluster.base import Cluster, ClusterError, Observation
+from worker.report import Report, read_report
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class Watcher:
             notes.append("canceled; the task pod is gone")
         else:
             log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
-            report = states.read_report(log_text)
+            report = read_report(log_text)
             if decision.trust_report and report.verdict is not None:
                 final = report.verdict
             notes = notes + report.system_logs
@@ -242,7 +243,7 @@ class Watcher:
             self._delete(record.id)
 
     def _executor_logs(
-        self, task_id: str, report: states.Report, from_pod: list[Json] | None, pod: str | None
+        self, task_id: str, report: Report, from_pod: list[Json] | None, pod: str | None
     ) -> list[Json]:
         # The report's entries carry the tails; the pod's status knows executors the sequencer
         # did not get to report (an OOM kill takes the runner with it): read their logs here.
@@ -267,7 +268,7 @@ class Watcher:
             # What the evicted pod got done is in its sequencer's report: read it now, once.
             pod = _name(objects.pod)
             text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
-            report = states.read_report(text)
+            report = read_report(text)
             from_pod = states.executor_logs(objects.pod)
             if logs := self._executor_logs(record.id, report, from_pod, pod):
                 changes["logs"] = logs

@@ -15,7 +15,8 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import ROOT
-from worker import jobspec, states
+from worker import jobspec
+from worker.report import Report, read_report
 from worker.sequencer.setup import RUNNER
 
 
@@ -35,7 +36,7 @@ class Pod:
         """Where a container path lives in the work volume."""
         return str(self.work / "fs" / path.lstrip("/")) if path else ""
 
-    def run(self) -> tuple[states.Report, str]:
+    def run(self) -> tuple[Report, str]:
         """Run setup, the sequencer and each executor in kubelet's order; return the report."""
         subprocess.run(
             [sys.executable, "-m", "worker.sequencer.setup", str(self.control)],
@@ -78,7 +79,7 @@ class Pod:
         out, err = sequencer.communicate(timeout=30)
         assert sequencer.returncode == 0, err
         assert "Traceback" not in out
-        return states.read_report(out), (self.control / "verdict").read_text()
+        return read_report(out), (self.control / "verdict").read_text()
 
 
 def _task(**extra: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.models import State
 from worker import states
+from worker.report import read_report
 from worker.states import Objects
 
 Json = dict[str, Any]
@@ -178,13 +179,13 @@ def test_read_report() -> None:
             {"kueue-tes": 1, "event": "verdict", "state": "EXECUTOR_ERROR", "system_logs": []}
         ),
     ]
-    report = states.read_report("\n".join(lines))
+    report = read_report("\n".join(lines))
     assert report.verdict is State.EXECUTOR_ERROR
     assert [e["exit_code"] for e in report.executors] == [0, 2]
     assert report.executors[0] == {"exit_code": 0, "stdout": "a", "stderr": ""}
     assert report.outputs == [{"url": "u", "path": "/p", "size_bytes": 3}]
     assert report.system_logs == ["missing /q"]
-    assert states.read_report("").verdict is None
+    assert read_report("").verdict is None
 
 
 # -- Kueue and kubelet failures ------------------------------------------------------------------
