@@ -406,3 +406,14 @@ def test_eviction_message_is_not_repeated_as_the_waiting_reason() -> None:
         "evicted by Kueue (Preempted: Preempted to accommodate a workload); the task waits to "
         "run again"
     ]
+
+
+def test_skipped_executors_never_count_as_running() -> None:
+    """After a failed stage-in the runner skips executors: the task never shows RUNNING."""
+    skipped = json.dumps({"skipped": True})
+    staging_failed = pod(
+        "Running",
+        [terminated("setup", 0), running("sequencer"), terminated("executor-0", 0, skipped)],
+    )
+    decision = states.decide(State.INITIALIZING, Objects(job(), staging_failed, ADMITTED))
+    assert decision.state is State.INITIALIZING
