@@ -64,8 +64,8 @@ EXTERNAL_SECRETS = frozenset({"kueue-tes-mongodb", "kueue-tes-redis", "kueue-tes
 #: Everything the control plane may do, per namespace: (apiGroup, resource) -> verbs. Design
 #: sections 7 and 11 and docs/kubernetes-backend.md: jobs and configmaps created and deleted in
 #: the task namespace (a configmap left by an older Job of the same name is updated to point at
-#: the current one), pods and their logs and Kueue Workloads read, one Lease in the control
-#: plane's own namespace.
+#: the current one), pods and their logs and Kueue Workloads read, Events listed and watched
+#: (Kueue's Warnings about our Jobs), one Lease in the control plane's own namespace.
 READ = frozenset({"get", "list", "watch"})
 ALLOWED_RULES: dict[str, dict[tuple[str, str], frozenset[str]]] = {
     TASK_NS: {
@@ -74,6 +74,7 @@ ALLOWED_RULES: dict[str, dict[tuple[str, str], frozenset[str]]] = {
         ("", "pods"): READ,
         ("", "pods/log"): frozenset({"get"}),
         (KUEUE_GROUP, "workloads"): READ,
+        ("", "events"): frozenset({"list", "watch"}),
     },
     CONTROL_NS: {("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"})},
 }
@@ -94,6 +95,8 @@ NEEDED: dict[str, list[tuple[str, str, str, str]]] = {
         (TASK_NS, "", "pods", "watch"),
         (TASK_NS, "", "pods/log", "get"),
         (TASK_NS, KUEUE_GROUP, "workloads", "watch"),
+        (TASK_NS, "", "events", "list"),
+        (TASK_NS, "", "events", "watch"),
         (CONTROL_NS, "coordination.k8s.io", "leases", "get"),
         (CONTROL_NS, "coordination.k8s.io", "leases", "create"),
         (CONTROL_NS, "coordination.k8s.io", "leases", "update"),

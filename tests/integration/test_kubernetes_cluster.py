@@ -26,6 +26,7 @@ from app.settings import Settings
 from worker import jobspec
 from worker.cluster import k8s_lease
 from worker.cluster.base import Observation, PermanentError, TransientError
+from worker.cluster.k8s_index import Index
 from worker.cluster.kubernetes import KubernetesCluster
 
 Json = dict[str, Any]
@@ -34,8 +35,10 @@ JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 WORKLOADS = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{NS}/workloads"
+EVENTS = f"/api/v1/namespaces/{NS}/events"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/tes-system/leases"
 SELECTOR = "app.kubernetes.io/managed-by=kueue-tes"
+WARNINGS = "involvedObject.kind=Job,type=Warning"
 SETTINGS = Settings(data_dir=Path("/nonexistent"), mongo_uri=None, redis_url=None, namespace=NS)
 TASK: Json = {
     "id": "01jb0000000000000000000001",
@@ -193,6 +196,18 @@ def workload(name: str, job_uid: str, version: str = "1", by_owner: bool = False
     return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload", "metadata": meta,
             "status": {"conditions": [{"type": "QuotaReserved", "status": "False",
                                        "message": "insufficient quota"}]}}  # fmt: skip
+
+
+def warning(name: str, job_name: str, job_uid: str | None, version: str = "1") -> Json:
+    """Return a core/v1 Warning Event about a Job, as Kueue's event recorder makes it."""
+    involved: Json = {"apiVersion": "batch/v1", "kind": "Job", "namespace": NS, "name": job_name}
+    if job_uid is not None:
+        involved["uid"] = job_uid
+    return {"metadata": {"name": name, "namespace": NS, "resourceVersion": version},
+            "involvedObject": involved, "type": "Warning",
+            "reason": "WorkloadPriorityClassNotFound",
+            "message": 'WorkloadPriorityClass "urgent" not found',
+            "source": {"component": "kueue-job-controller"}, "count": 1}  # fmt: skip
 
 
 def listing(items: list[Json], version: str) -> Json:
@@ -392,10 +407,18 @@ def test_exists_sees_the_job_or_a_lingering_pod(api: MockApi, cluster: Kubernete
 # -- snapshot and watch -----------------------------------------------------------------------
 
 
-def lists(api: MockApi, jobs: list[Json], pods: list[Json], workloads: list[Json]) -> None:
+def lists(
+    api: MockApi,
+    jobs: list[Json],
+    pods: list[Json],
+    workloads: list[Json],
+    events: list[Json] | None = None,
+) -> None:
+    found = [] if events is None else events
     api.k[f"get {JOBS}", kmock.action.LIST] << (lambda: listing(jobs, "100"))
     api.k[f"get {PODS}", kmock.action.LIST] << (lambda: listing(pods, "200"))
     api.k[f"get {WORKLOADS}", kmock.action.LIST] << (lambda: listing(workloads, "300"))
+    api.k[f"get {EVENTS}", kmock.action.LIST] << (lambda: listing(found, "400"))
 
 
 def test_snapshot_maps_workloads_to_tasks_through_their_job_uid(
@@ -432,6 +455,7 @@ def test_watch_resumes_from_the_last_resource_version_and_bookmarks_advance_it(
     jobs, pods, workloads = api.streams(JOBS), api.streams(PODS), api.streams(WORKLOADS)
     pods.next()  # stays open, quiet
     workloads.next()
+    api.streams(EVENTS).next()
     cluster.snapshot()
     first = jobs.next().feed(event("MODIFIED", job("a", "uid-a", "101")), bookmark("150"), END)
     second = jobs.next().feed(event("ADDED", job("b", "uid-b", "151")))
@@ -451,6 +475,7 @@ def test_workloads_wait_for_their_job_and_deletions_carry_no_object(
 ) -> None:
     lists(api, [], [], [])
     jobs, pods, workloads = api.streams(JOBS), api.streams(PODS), api.streams(WORKLOADS)
+    api.streams(EVENTS).next()
     cluster.snapshot()
     pods.next().feed(event("ADDED", pod("c", "tes-c-pod", "11")))
     assert seen(collect(cluster, 1)) == [("c", "Pod", "tes-c-pod", "11")]
@@ -472,6 +497,7 @@ def test_a_snapshot_supersedes_the_changes_queued_before_it(
     lists(api, [job("a", "uid-a", "5")], [], [])
     api.streams(PODS).next()
     api.streams(WORKLOADS).next()
+    api.streams(EVENTS).next()
     cluster.snapshot()
     stream = api.streams(JOBS).next().feed(event("MODIFIED", job("a", "uid-a", "3")))
     assert seen(collect(cluster, 1)) == [("a", "Job", "tes-a", "3")]
@@ -489,6 +515,7 @@ def test_a_410_on_rewatch_lists_again_and_reports_what_vanished(
     lists(api, [], pods, [])
     api.streams(JOBS).next()
     api.streams(WORKLOADS).next()
+    api.streams(EVENTS).next()
     pod_streams = api.streams(PODS)
     cluster.snapshot()
     gone = status_body(410, "too old resource version: 200 (900)")
@@ -516,6 +543,7 @@ def test_an_http_410_on_opening_the_watch_also_relists(
     lists(api, [job("a", "uid-a")], [], [])
     api.streams(PODS).next()
     api.streams(WORKLOADS).next()
+    api.streams(EVENTS).next()
     job_streams = api.streams(JOBS)
     job_streams.next(status=410, message="too old resource version")
     job_streams.next()
@@ -545,10 +573,12 @@ def test_snapshot_reads_every_page_and_watches_from_the_first(
     api.k[f"get {JOBS}", kmock.action.LIST] << pages
     api.k[f"get {PODS}", kmock.action.LIST] << listing([], "1")
     api.k[f"get {WORKLOADS}", kmock.action.LIST] << listing([], "1")
+    api.k[f"get {EVENTS}", kmock.action.LIST] << listing([], "1")
     job_streams = api.streams(JOBS)
     job_streams.next()
     api.streams(PODS).next()
     api.streams(WORKLOADS).next()
+    api.streams(EVENTS).next()
     assert [o.name for o in cluster.snapshot()] == ["tes-a", "tes-b"]
     first, second = api.requests("GET", JOBS)
     assert first.params["limit"] == "500" and "continue" not in first.params
@@ -556,6 +586,129 @@ def test_snapshot_reads_every_page_and_watches_from_the_first(
     assert collect(cluster, 1, timeout=0.2) == []
     wait_for(lambda: len(api.requests("GET", JOBS)) == 3)
     assert api.requests("GET", JOBS)[2].params["resourceVersion"] == "100"
+
+
+# -- Warning Events about our Jobs ------------------------------------------------------------
+
+
+def test_snapshot_lists_the_warnings_about_listed_jobs_with_a_field_selector(
+    api: MockApi, cluster: KubernetesCluster
+) -> None:
+    events = [
+        warning("tes-a.1", "tes-a", "uid-a"),
+        warning("tes-b.1", "tes-b", None),  # no uid in the reference: matched by the Job's name
+        warning("tes-gone.1", "tes-gone", "uid-gone"),  # its Job is gone: no task is present
+        warning("tes-a.0", "tes-a", "uid-before"),  # about an older Job of the same name
+        warning("other.1", "other", "uid-other"),  # not about a Job of ours
+    ]
+    lists(api, [job("a", "uid-a"), job("b", "uid-b")], [], [], events)
+    found = [o for o in cluster.snapshot() if o.kind == "Event"]
+    assert seen(found) == [("a", "Event", "tes-a.1", "1"), ("b", "Event", "tes-b.1", "1")]
+    assert found[0].obj is not None
+    assert (found[0].obj["kind"], found[0].obj["apiVersion"]) == ("Event", "v1")
+    assert found[0].obj["reason"] == "WorkloadPriorityClassNotFound"
+    (request,) = api.requests("GET", EVENTS)
+    assert request.params == {"fieldSelector": WARNINGS, "limit": "500"}
+
+
+def test_events_are_watched_with_the_field_selector_and_wait_for_their_job(
+    api: MockApi, cluster: KubernetesCluster
+) -> None:
+    lists(api, [], [], [])
+    jobs, events = api.streams(JOBS), api.streams(EVENTS)
+    api.streams(PODS).next()
+    api.streams(WORKLOADS).next()
+    cluster.snapshot()
+    event_stream = events.next().feed(event("ADDED", warning("tes-c.1", "tes-c", "uid-c", "401")))
+    assert collect(cluster, 1, timeout=0.3) == []  # its Job is unknown yet
+    job_stream = jobs.next().feed(event("ADDED", job("c", "uid-c", "13")))
+    assert seen(collect(cluster, 2)) == [
+        ("c", "Job", "tes-c", "13"),
+        ("c", "Event", "tes-c.1", "401"),
+    ]
+    again = {**warning("tes-c.1", "tes-c", "uid-c", "402"), "count": 2}
+    event_stream.feed(event("MODIFIED", again))
+    assert seen(collect(cluster, 1)) == [("c", "Event", "tes-c.1", "402")]
+    # The Job deleted: the Event goes with it; its own expiry later concerns no task.
+    job_stream.feed(event("DELETED", job("c", "uid-c", "14")))
+    assert seen(collect(cluster, 1)) == [("c", "Job", "tes-c", None)]
+    events.next()  # the watch after this one: open, quiet
+    expired = warning("tes-c.1", "tes-c", "uid-c", "403")
+    event_stream.feed(event("DELETED", expired), bookmark("450"), END)
+    wait_for(lambda: len(api.requests("GET", EVENTS)) == 3)
+    assert collect(cluster, 1, timeout=0.2) == []
+    watches = api.requests("GET", EVENTS)[1:]
+    assert [w.params["resourceVersion"] for w in watches] == ["400", "450"]
+    for params in (w.params for w in watches):
+        assert params["watch"] == "true"
+        assert params["fieldSelector"] == WARNINGS
+        assert params["allowWatchBookmarks"] == "true"
+        assert params["timeoutSeconds"] == "7"
+        assert "labelSelector" not in params
+
+
+def test_a_410_on_the_event_watch_lists_again_and_reports_vanished_events(
+    api: MockApi, cluster: KubernetesCluster
+) -> None:
+    events = [warning("tes-a.1", "tes-a", "uid-a"), warning("tes-a.2", "tes-a", "uid-a")]
+    lists(api, [job("a", "uid-a")], [], [], events)
+    for path in (JOBS, PODS, WORKLOADS):
+        api.streams(path).next()
+    event_streams = api.streams(EVENTS)
+    assert len([o for o in cluster.snapshot() if o.kind == "Event"]) == 2
+    event_streams.next().feed(event("ERROR", status_body(410, "too old resource version")))
+    events[:] = [warning("tes-a.1", "tes-a", "uid-a", "901")]  # tes-a.2 expired meanwhile
+    event_streams.next()
+    assert seen(collect(cluster, 2)) == [
+        ("a", "Event", "tes-a.1", "901"),
+        ("a", "Event", "tes-a.2", None),
+    ]
+    wait_for(lambda: len(api.requests("GET", EVENTS)) == 4)
+    requests = api.requests("GET", EVENTS)
+    assert [(r.params.get("watch"), r.params.get("resourceVersion")) for r in requests] == [
+        (None, None),  # snapshot
+        ("true", "400"),  # ERROR 410
+        (None, None),  # relist
+        ("true", "400"),
+    ]
+    assert all(r.params["fieldSelector"] == WARNINGS for r in requests)
+
+
+def test_forbidden_events_say_which_rbac_is_missing(
+    api: MockApi, cluster: KubernetesCluster
+) -> None:
+    message = 'events is forbidden: cannot list resource "events" in API group ""'
+    api.k[f"get {EVENTS}", kmock.action.LIST] << 403 << status_body(403, message)
+    for path in (JOBS, PODS, WORKLOADS):
+        api.k[f"get {path}", kmock.action.LIST] << listing([], "1")
+    with pytest.raises(PermanentError, match="lacks RBAC for list events in namespace tes"):
+        cluster.snapshot()
+
+
+def test_events_map_to_tasks_through_their_job_and_are_forgotten_with_it() -> None:
+    index = Index()
+    # Before their Job: held back. About a Job not named as ours are: not even held.
+    assert index.update("Event", warning("tes-a.1", "tes-a", "uid-a")) == []
+    assert index.update("Event", warning("tes-a.0", "tes-a", "uid-before")) == []
+    assert index.update("Event", warning("other.1", "other", "uid-other")) == []
+    assert set(index._parked["Event"]) == {"uid-a", "uid-before"}
+    assert seen(index.update("Job", job("a", "uid-a"))) == [
+        ("a", "Job", "tes-a", "1"),
+        ("a", "Event", "tes-a.1", "1"),
+    ]
+    # No uid in the reference: the Job's name says which Job, and so which task.
+    nameless = warning("tes-a.2", "tes-a", None, "2")
+    assert seen(index.update("Event", nameless)) == [("a", "Event", "tes-a.2", "2")]
+    assert seen(index.remove("Event", nameless)) == [("a", "Event", "tes-a.2", None)]
+    # The Job deleted: its Events are forgotten, their expiry concerns no task.
+    assert seen(index.remove("Job", job("a", "uid-a"))) == [("a", "Job", "tes-a", None)]
+    assert index.remove("Event", warning("tes-a.1", "tes-a", "uid-a")) == []
+    # The task's Job created again (same name, new uid): the old Job's Events stay out.
+    assert index.update("Event", warning("tes-a.1", "tes-a", "uid-a", "3")) == []
+    assert seen(index.update("Job", job("a", "uid-new"))) == [("a", "Job", "tes-a", "1")]
+    assert seen(index.update("Event", warning("tes-a.3", "tes-a", "uid-new", "4"))) == [
+        ("a", "Event", "tes-a.3", "4")
+    ]
 
 
 def test_from_config_reads_a_kubeconfig(api: MockApi, tmp_path: Path) -> None:
@@ -587,8 +740,10 @@ def test_a_forbidden_watch_surfaces_as_a_permanent_error(
     api.k[f"get {WORKLOADS}", kmock.action.LIST] << 403 << status_body(403, message)
     api.k[f"get {JOBS}", kmock.action.LIST] << listing([], "1")
     api.k[f"get {PODS}", kmock.action.LIST] << listing([], "1")
+    api.k[f"get {EVENTS}", kmock.action.LIST] << listing([], "1")
     api.streams(JOBS).next()
     api.streams(PODS).next()
+    api.streams(EVENTS).next()
     with pytest.raises(
         PermanentError, match=re.escape("lacks RBAC for list workloads.kueue.x-k8s.io")
     ):
@@ -597,11 +752,11 @@ def test_a_forbidden_watch_surfaces_as_a_permanent_error(
 
 def test_close_stops_the_watch_threads_promptly(api: MockApi, cluster: KubernetesCluster) -> None:
     lists(api, [], [], [])
-    for path in (JOBS, PODS, WORKLOADS):
+    for path in (JOBS, PODS, WORKLOADS, EVENTS):
         api.streams(path).next()  # open and silent until closed
     cluster.snapshot()
     assert collect(cluster, 1, timeout=0.2) == []
-    wait_for(lambda: len(api.requests("GET")) == 6)
+    wait_for(lambda: len(api.requests("GET")) == 8)
     started = time.monotonic()
     cluster.close()
     assert time.monotonic() - started < 3

@@ -11,7 +11,9 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 TASK_ID = "kueue-tes/task-id"
 QUEUE_NAME = "kueue.x-k8s.io/queue-name"
 
-Kind = Literal["Job", "Pod", "Workload"]
+#: What an observation shows: one of our Jobs or Pods, Kueue's Workload of a Job, or a Warning
+#: Event about a Job (the Kubernetes backend reports those; the local runtime has none).
+Kind = Literal["Job", "Pod", "Workload", "Event"]
 
 
 class ClusterError(Exception):

@@ -18,6 +18,7 @@ POD_LOGS = "pods/log"
 CONFIGMAPS = "configmaps"
 WORKLOADS = "workloads.kueue.x-k8s.io"
 LEASES = "leases.coordination.k8s.io"
+EVENTS = "events"
 
 
 class NotFound(PermanentError):

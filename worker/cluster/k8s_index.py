@@ -1,23 +1,30 @@
 """Which task each Kubernetes object belongs to (pure bookkeeping, shared by the watch threads).
 
-Jobs and Pods carry our ``kueue-tes/task-id`` label. Workloads are Kueue's: they carry the
-owning Job's uid in the ``kueue.x-k8s.io/job-uid`` label (and an owner reference to it), so a
-Workload is matched to its task through the Job with that uid. A Workload seen before its Job is
-parked and reported as soon as the Job is seen.
+Jobs and Pods carry our ``kueue-tes/task-id`` label. Workloads and Events are not ours, so they
+are matched through the Job they concern: a Workload carries the owning Job's uid in the
+``kueue.x-k8s.io/job-uid`` label (and an owner reference to it), an Event names the Job in its
+``involvedObject`` (uid and name). A Workload or an Event seen before its Job is parked and
+reported as soon as the Job is seen. An Event is forgotten with its Job: Events outlive what they
+are about (an hour by default), and a stale one must not bring back a task that is done.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from worker import jobspec
 from worker.cluster.base import TASK_ID, Kind, Observation
 
 Json = dict[str, Any]
 
 #: The label Kueue puts on a Workload: the uid of the Job it was made for.
 JOB_UID = "kueue.x-k8s.io/job-uid"
+#: The kinds matched to their task through a Job's uid.
+DEPENDENTS: tuple[Kind, ...] = ("Workload", "Event")
+#: Every Job of ours is named so (``tes-<task id>``); Events about other Jobs are not parked.
+JOB_PREFIX = jobspec.job_name("")
 
 
 def _meta(obj: Json) -> Json:
@@ -48,6 +55,14 @@ def job_uid(workload: Json) -> str | None:
     return None
 
 
+def involved_job(event: Json) -> tuple[str | None, str]:
+    """Return the uid (None if absent) and the name of the Job an Event is about ("" if none)."""
+    ref = event.get("involvedObject")
+    if not isinstance(ref, dict) or ref.get("kind") != "Job":
+        return None, ""
+    return (str(ref["uid"]) if ref.get("uid") else None), str(ref.get("name") or "")
+
+
 class Index:
     """Tasks of the objects reported so far; thread-safe."""
 
@@ -55,29 +70,42 @@ class Index:
         self._lock = threading.Lock()
         self._uid_task: dict[str, str] = {}
         self._job_uid: dict[str, str] = {}  # Job name → uid, to forget the uid with the Job
-        self._parked: dict[str, dict[str, Json]] = {}  # Job uid → Workloads waiting, by name
-        self._known: dict[Kind, dict[str, str]] = {"Job": {}, "Pod": {}, "Workload": {}}
+        # Workloads and Events waiting for their Job: kind → Job uid → objects by name.
+        self._parked: dict[Kind, dict[str, dict[str, Json]]] = {k: {} for k in DEPENDENTS}
+        self._event_job: dict[str, str] = {}  # Event name → its Job's uid, to forget it with it
+        kinds: tuple[Kind, ...] = ("Job", "Pod", "Workload", "Event")
+        self._known: dict[Kind, dict[str, str]] = {kind: {} for kind in kinds}
 
-    def snapshot(
-        self, jobs: Iterable[Json], pods: Iterable[Json], workloads: Iterable[Json]
-    ) -> list[Observation]:
-        """Map one full listing to observations; Workloads of unknown Jobs are left out."""
+    def snapshot(self, listed: Mapping[Kind, Iterable[Json]]) -> list[Observation]:
+        """Map one full listing per kind to observations; what no known Job explains is left out.
+
+        An Event counts only if its Job is in this listing: one about a Job that is gone must
+        not make a task look present (Events outlive their Jobs).
+        """
         out: list[Observation] = []
+        jobs, pods = listed.get("Job", ()), listed.get("Pod", ())
+        workloads, events = listed.get("Workload", ()), listed.get("Event", ())
         with self._lock:
+            uids: set[str] = set()
             for job in jobs:
                 task = labelled_task(job)
                 if task is None:
                     continue
-                self._learn(task, job)
+                if (uid := self._learn(task, job)) is not None:
+                    uids.add(uid)
                 out.append(Observation(task, "Job", name_of(job), job))
             for pod in pods:
                 task = labelled_task(pod)
                 if task is not None:
                     out.append(Observation(task, "Pod", name_of(pod), pod))
             for workload in workloads:
-                task = self._workload_task(workload)
+                task = self._dependent_task("Workload", workload)
                 if task is not None:
                     out.append(Observation(task, "Workload", name_of(workload), workload))
+            for event in events:
+                uid = self._event_uid(event)
+                if uid is not None and uid in uids:
+                    out.append(Observation(self._uid_task[uid], "Event", name_of(event), event))
         return out
 
     def update(self, kind: Kind, obj: Json) -> list[Observation]:
@@ -95,8 +123,8 @@ class Index:
         with self._lock:
             before = self._known[kind]
             self._known[kind] = {}
-            if kind == "Workload":
-                self._parked = {}
+            if kind in self._parked:
+                self._parked[kind] = {}
             out: list[Observation] = []
             for item in items:
                 out.extend(self._update(kind, item))
@@ -104,6 +132,8 @@ class Index:
                 if name not in self._known[kind]:
                     if kind == "Job":
                         self._forget(name)
+                    elif kind == "Event":
+                        self._event_job.pop(name, None)
                     out.append(Observation(task, kind, name, None))
             return out
 
@@ -119,53 +149,72 @@ class Index:
 
     def _forget(self, job_name: str) -> None:
         uid = self._job_uid.pop(job_name, None)
-        if uid is not None:
-            self._uid_task.pop(uid, None)
-            self._parked.pop(uid, None)
+        if uid is None:
+            return
+        self._uid_task.pop(uid, None)
+        for parked in self._parked.values():
+            parked.pop(uid, None)
+        for event in [name for name, job in self._event_job.items() if job == uid]:
+            del self._event_job[event]
+            self._known["Event"].pop(event, None)
 
-    def _workload_task(self, workload: Json) -> str | None:
-        uid = job_uid(workload)
+    def _event_uid(self, event: Json) -> str | None:
+        uid, name = involved_job(event)
+        return uid or self._job_uid.get(name)
+
+    def _owner_uid(self, kind: Kind, obj: Json) -> str | None:
+        return job_uid(obj) if kind == "Workload" else self._event_uid(obj)
+
+    def _dependent_task(self, kind: Kind, obj: Json) -> str | None:
+        uid = self._owner_uid(kind, obj)
         if uid is not None and uid in self._uid_task:
             return self._uid_task[uid]
         # Its Job may be gone already (deleted in the background) while the Workload lingers.
-        return self._known["Workload"].get(name_of(workload))
+        return self._known[kind].get(name_of(obj))
+
+    def _dependent(self, kind: Kind, obj: Json) -> list[Observation]:
+        name, uid = name_of(obj), self._owner_uid(kind, obj)
+        task = self._dependent_task(kind, obj)
+        if task is None:
+            ours = kind == "Workload" or involved_job(obj)[1].startswith(JOB_PREFIX)
+            if uid is not None and ours:
+                self._parked[kind].setdefault(uid, {})[name] = obj
+            return []
+        self._known[kind][name] = task
+        if kind == "Event" and uid is not None:
+            self._event_job[name] = uid
+        return [Observation(task, kind, name, obj)]
 
     def _update(self, kind: Kind, obj: Json) -> list[Observation]:
-        name = name_of(obj)
-        if kind == "Workload":
-            task = self._workload_task(obj)
-            if task is None:
-                uid = job_uid(obj)
-                if uid is not None:
-                    self._parked.setdefault(uid, {})[name] = obj
-                return []
-            self._known["Workload"][name] = task
-            return [Observation(task, "Workload", name, obj)]
-        task = labelled_task(obj)
+        if kind in DEPENDENTS:
+            return self._dependent(kind, obj)
+        name, task = name_of(obj), labelled_task(obj)
         if task is None:
             return []
         self._known[kind][name] = task
         out = [Observation(task, kind, name, obj)]
         uid = self._learn(task, obj) if kind == "Job" else None
         if uid is not None:
-            for parked_name, workload in self._parked.pop(uid, {}).items():
-                self._known["Workload"][parked_name] = task
-                out.append(Observation(task, "Workload", parked_name, workload))
+            for dependent in DEPENDENTS:
+                for waiting in self._parked[dependent].pop(uid, {}).values():
+                    out.extend(self._dependent(dependent, waiting))
         return out
 
     def _remove(self, kind: Kind, obj: Json) -> list[Observation]:
         name = name_of(obj)
         task = self._known[kind].pop(name, None)
-        if kind == "Workload":
-            uid = job_uid(obj)
+        if kind in DEPENDENTS:
+            uid = self._owner_uid(kind, obj)
             if uid is not None:
-                waiting = self._parked.get(uid)
+                waiting = self._parked[kind].get(uid)
                 if waiting is not None:
                     waiting.pop(name, None)
                     if not waiting:
-                        del self._parked[uid]
+                        del self._parked[kind][uid]
                 if task is None:
                     task = self._uid_task.get(uid)
+            if kind == "Event":
+                self._event_job.pop(name, None)
         else:
             task = task or labelled_task(obj)
         if kind == "Job":

@@ -29,7 +29,14 @@ Json = dict[str, Any]
 MAX_BACKOFF = 30.0
 #: Observations waiting for the watcher (ten seconds of its work); beyond, the threads wait.
 MAX_PENDING = 10_000
-KINDS: tuple[Kind, ...] = ("Job", "Pod", "Workload")
+KINDS: tuple[Kind, ...] = ("Job", "Pod", "Workload", "Event")
+#: List items come without kind and apiVersion (watch events carry them): what to fill in.
+API_VERSIONS: dict[Kind, str] = {
+    "Job": "batch/v1",
+    "Pod": "v1",
+    "Workload": "kueue.x-k8s.io/v1beta2",
+    "Event": "v1",
+}
 
 
 @dataclass
@@ -43,6 +50,27 @@ class Listing:
 Lister = Callable[[], Listing]
 Streamer = Callable[[str], Iterator[Json]]
 Sink = Callable[[Observation | ClusterError], None]
+
+
+def paged(kind: Kind, page: Callable[[str | None], Json]) -> Listing:
+    """Read a list of ``kind`` through ``page`` (given each continue token, None first).
+
+    The first page's resourceVersion is the listing's: the later ones continue the same read.
+    """
+    listing = Listing()
+    token: str | None = None
+    while True:
+        answer = page(token)
+        meta = answer.get("metadata") or {}
+        for item in answer.get("items") or ():
+            item.setdefault("apiVersion", API_VERSIONS[kind])
+            item.setdefault("kind", kind)
+            listing.items.append(item)
+        if token is None:
+            listing.resource_version = str(meta.get("resourceVersion") or "")
+        token = meta.get("continue") or None
+        if token is None:
+            return listing
 
 
 def json_lines(chunks: Iterable[bytes]) -> Iterator[Json]:
@@ -168,7 +196,7 @@ class Informer:
 
 
 class Watches:
-    """The three informers (Jobs, Pods, Workloads), started lazily, and the queue they fill."""
+    """The informers (Jobs, Pods, Workloads, Events), started lazily, and the queue they fill."""
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from worker.cluster.base import (
     PermanentError,
     TransientError,
 )
-from worker.cluster.k8s_errors import CONFIGMAPS, JOBS, LEASES, POD_LOGS, PODS, WORKLOADS
+from worker.cluster.k8s_errors import CONFIGMAPS, EVENTS, JOBS, LEASES, POD_LOGS, PODS, WORKLOADS
 from worker.cluster.k8s_index import Index
 from worker.cluster.k8s_watch import Listing
 
@@ -42,17 +42,14 @@ Json = dict[str, Any]
 
 #: Every Job and Pod we create carries this label; watches and lists select on it.
 SELECTOR = f"{MANAGED_BY}=kueue-tes"
+#: Events are not ours to label: the API server keeps only the Warnings about Jobs.
+EVENT_FIELDS = "involvedObject.kind=Job,type=Warning"
 KUEUE_GROUP, KUEUE_VERSION, WORKLOAD_PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
-_RESOURCES: dict[Kind, str] = {"Job": JOBS, "Pod": PODS, "Workload": WORKLOADS}
-_API_VERSIONS: dict[Kind, str] = {
-    "Job": "batch/v1",
-    "Pod": "v1",
-    "Workload": "kueue.x-k8s.io/v1beta2",
-}
+_RESOURCES: dict[Kind, str] = {"Job": JOBS, "Pod": PODS, "Workload": WORKLOADS, "Event": EVENTS}
 
 
 class KubernetesCluster:
-    """Tasks as Jobs in one namespace; observations from watches on Jobs, Pods and Workloads."""
+    """Tasks as Jobs in one namespace; observed through Jobs, Pods, Workloads and Events."""
 
     def __init__(
         self,
@@ -159,6 +156,10 @@ class KubernetesCluster:
             return functools.partial(
                 self._core.list_namespaced_pod, self.namespace, label_selector=SELECTOR
             )
+        if kind == "Event":
+            return functools.partial(
+                self._core.list_namespaced_event, self.namespace, field_selector=EVENT_FIELDS
+            )
         # Kueue does not copy our labels onto Workloads: take them all, match by Job uid.
         return functools.partial(
             self._custom.list_namespaced_custom_object,
@@ -171,21 +172,11 @@ class KubernetesCluster:
     def _list(self, kind: Kind) -> Listing:
         """List every object of ``kind`` page by page; one consistent resourceVersion."""
         fn, resource = self._lister(kind), _RESOURCES[kind]
-        listing = Listing()
-        token: str | None = None
-        while True:
-            page = self._json("list", resource, fn, limit=self.page_size, _continue=token)
-            meta = page.get("metadata") or {}
-            for item in page.get("items") or ():
-                # List items come without kind and apiVersion; watch events carry them.
-                item.setdefault("apiVersion", _API_VERSIONS[kind])
-                item.setdefault("kind", kind)
-                listing.items.append(item)
-            if token is None:
-                listing.resource_version = str(meta.get("resourceVersion") or "")
-            token = meta.get("continue") or None
-            if token is None:
-                return listing
+
+        def page(token: str | None) -> Json:
+            return self._json("list", resource, fn, limit=self.page_size, _continue=token)
+
+        return k8s_watch.paged(kind, page)
 
     def _stream(self, kind: Kind, resource_version: str) -> Iterator[Json]:
         """Open one bounded watch from ``resource_version``; yield its events until it ends."""
@@ -314,13 +305,13 @@ class KubernetesCluster:
         return list(page.get("items") or ())
 
     def snapshot(self) -> list[Observation]:
-        """List every Job, Pod and Workload of ours now (Workloads matched to tasks by Job uid)."""
+        """List our Jobs and Pods, their Workloads and Warning Events (matched by Job uid)."""
         # Queued changes are older than this listing; a standby watcher's pile-up goes too.
         self._watches.discard()
-        jobs, pods, workloads = self._list("Job"), self._list("Pod"), self._list("Workload")
+        listed = {kind: self._list(kind) for kind in k8s_watch.KINDS}
         # The watches, if they have not started yet, continue from this listing.
-        self._watches.seed({"Job": jobs, "Pod": pods, "Workload": workloads})
-        return self._index.snapshot(jobs.items, pods.items, workloads.items)
+        self._watches.seed(listed)
+        return self._index.snapshot({kind: found.items for kind, found in listed.items()})
 
     def watch(self, timeout: float) -> Iterator[Observation]:
         """Yield changes as they happen, for at most ``timeout`` seconds."""
