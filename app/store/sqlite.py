@@ -31,9 +31,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     notes TEXT NOT NULL DEFAULT '[]',
     doc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_state_name ON tasks (state, id, name);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, id, state);
-CREATE INDEX IF NOT EXISTS tasks_owner_state ON tasks (owner, state, id);
+CREATE INDEX IF NOT EXISTS tasks_owner_state_name ON tasks (owner, state, id, name);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, id);
 CREATE TABLE IF NOT EXISTS tags (
     task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task_id, key)
@@ -305,7 +305,7 @@ def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Strea
         streams.append(_Stream("tag", f"tags_{'kv' if value else 'key'}", terms, params, key))
     if flt.state is not None:
         terms, params = (*own, "state = ?", *lt), (*own_p, flt.state.value, *lt_p)
-        index = "tasks_owner_state" if own else "tasks_state"
+        index = "tasks_owner_state_name" if own else "tasks_state_name"
         streams.append(_Stream("state", index, terms, params, owner=True))
     if flt.name_prefix:
         end = _prefix_end(flt.name_prefix)
