@@ -31,6 +31,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _check_security(settings: Settings, command: str) -> Any:
+    """Return the authenticator, or exit saying which auth or routing setting to fix."""
+    from app import auth, routing
+
+    try:
+        authenticator = auth.Authenticator(settings)
+        routing.load(settings)
+    except ValueError as exc:
+        sys.exit(f"kueue-tes {command}: {exc}")
+    return authenticator
+
+
 def _local_cluster(settings: Settings) -> Any:
 
     from worker.cluster.base import PermanentError
@@ -69,6 +81,7 @@ def serve(settings: Settings) -> None:
     ):
         local["sidecar_cpu"] = "0"
     settings = settings.model_copy(update=local)
+    authenticator = _check_security(settings, "serve")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cluster = _local_cluster(settings)
     task_store = store.open_store(settings)
@@ -87,7 +100,7 @@ def serve(settings: Settings) -> None:
     )
     watching = threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True)
     watching.start()
-    app = create_app(settings, task_store, task_queue)
+    app = create_app(settings, task_store, task_queue, authenticator)
     log.info(
         "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s, "
         "runtime: local, images are not pulled)",
@@ -123,6 +136,7 @@ def api(settings: Settings) -> None:
             "kueue-tes api: set KUEUE_TES_REDIS_URL (the workers need a shared queue); "
             "`kueue-tes serve` runs everything in one process without it"
         )
+    _check_security(settings, "api")  # before gunicorn, whose workers would fail one by one
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

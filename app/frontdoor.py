@@ -1,32 +1,46 @@
-"""The ASGI layer in front of Connexion's routing: path fix-ups and the GetTask fast path.
+"""The ASGI layer in front of Connexion's routing: path fix-ups, auth, the GetTask fast path.
 
-GetTask is what every TES client polls, many times per task. Connexion's middleware stack and
-the ASGI-to-WSGI bridge cost ten times the work of the lookup itself (docs/performance.md), so
-``GET /tasks/{id}`` is answered here, with the same checks and answers as the spec-driven
-route: the view parameter is validated against the spec's enum, unknown ids are 404.
+Every request but service-info (and the spec) is authenticated here (docs/auth.md): a 401
+with ``WWW-Authenticate`` when credentials are missing or wrong, else the principal is put in
+the scope for the handlers. GetTask is what every TES client polls, many times per task.
+Connexion's middleware stack and the ASGI-to-WSGI bridge cost ten times the work of the lookup
+itself (docs/performance.md), so ``GET /tasks/{id}`` is answered here, with the same checks and
+answers as the spec-driven route: the view parameter is validated against the spec's enum,
+unknown ids and other owners' tasks are 404.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 from connexion.lifecycle import ConnexionResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import problems, views
+from app import auth, problems, views
 from app.models import View
 from app.services import Services
 from app.store.base import StoreError
 
+log = logging.getLogger(__name__)
+
 _TASK_PATH = re.compile(r"^/(?:ga4gh/tes/v1|v1)/tasks/([^/:]+)$")
 _VIEWS = [view.value for view in View]
+#: Paths anyone may read: clients look at service-info before they have credentials.
+PUBLIC = frozenset(
+    f"{base}/{name}"
+    for base in ("/ga4gh/tes/v1", "/v1")
+    for name in ("service-info", "openapi.json")
+)
 
 
 class FrontDoor:
-    """Rewrite legacy paths, refuse unroutable ones, and serve GetTask directly."""
+    """Rewrite legacy paths, refuse unroutable ones, authenticate, and serve GetTask directly."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         """Wrap the rest of the Connexion stack."""
@@ -41,17 +55,49 @@ class FrontDoor:
         if path == "/v1/tasks/service-info":
             # py-tes 0.4 asks here; routing would read it as GetTask("service-info").
             scope = dict(scope, path="/v1/service-info", raw_path=b"/v1/service-info")
+            path = "/v1/service-info"
         elif "\n" in path:
             # No route matches a line break; the framework's own router would then call a
             # handler outside Connexion's context. Answer here.
             await send_response(problems.problem(404, "Not Found", "no such resource"), send)
             return
-        elif scope.get("method") == "GET" and (match := _TASK_PATH.match(path)):
-            await send_response(self._get_task(match.group(1), scope), send)
-            return
+        if path not in PUBLIC:
+            authenticator = self.services.auth
+            # The common case, a credential already checked, stays synchronous: no await.
+            header = None if authenticator.is_open else _header(scope, b"authorization")
+            principal = authenticator.cached(header)
+            if principal is None:
+                principal = await self._authenticate(scope, header, send)
+                if principal is None:
+                    return
+            scope[auth.SCOPE_KEY] = principal
+            if scope.get("method") == "GET" and (match := _TASK_PATH.match(path)):
+                await send_response(self._get_task(match.group(1), scope, principal), send)
+                return
         await self.app(scope, receive, send)
 
-    def _get_task(self, task_id: str, scope: Scope) -> ConnexionResponse:
+    async def _authenticate(
+        self, scope: Scope, header: bytes | None, send: Send
+    ) -> auth.Principal | None:
+        """Check new credentials fully: the principal, or None once a 401 or 503 is sent."""
+        authenticator = self.services.auth
+        try:
+            # bcrypt, a signature check or a key fetch: off the event loop.
+            return await anyio.to_thread.run_sync(authenticator.authenticate, header)
+        except auth.Unauthorized as exc:
+            client = (scope.get("client") or ("?",))[0]
+            method, where = scope.get("method"), scope.get("path")
+            log.info("401 for %s %s from %s: %s", method, where, client, exc)
+            body = problems.problem(401, "Unauthorized", str(exc))
+            challenges = [("www-authenticate", c) for c in authenticator.challenges(exc)]
+            await send_response(body, send, challenges)
+        except auth.Unavailable as exc:
+            log.warning("503 for %s %s: %s", scope.get("method"), scope.get("path"), exc)
+            body = problems.problem(503, "Service Unavailable", str(exc))
+            await send_response(body, send, [("retry-after", "5")])
+        return None
+
+    def _get_task(self, task_id: str, scope: Scope, principal: auth.Principal) -> ConnexionResponse:
         query = dict(
             parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         )
@@ -62,29 +108,34 @@ class FrontDoor:
             )
         try:
             # A point read on an index; done inline, as a thread hop would cost more than it.
-            record = self.services.store.get(task_id)
+            record = self.services.store.get(task_id, owner=principal.owner_filter())
         except StoreError:
             return problems.problem(
                 503, "Service Unavailable", "the task store is unavailable; retry shortly"
             )
-        if record is None:
+        if record is None:  # also another owner's task: a 403 would tell that the id exists
             return problems.not_found(task_id)
         body = json.dumps(views.render(record.doc, View(view)))
         return ConnexionResponse(200, "application/json", "application/json", body=body)
 
 
-async def send_response(response: ConnexionResponse, send: Send) -> None:
-    """Send a complete response."""
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def send_response(
+    response: ConnexionResponse, send: Send, extra: Iterable[tuple[str, str]] = ()
+) -> None:
+    """Send a complete response, with ``extra`` headers."""
     body: Any = response.body
     data = body.encode() if isinstance(body, str) else bytes(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [
-                (b"content-type", str(response.content_type).encode()),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", str(response.content_type).encode()),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    headers.extend((key.encode("latin-1"), value.encode("latin-1")) for key, value in extra)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": data})

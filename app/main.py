@@ -18,7 +18,7 @@ from connexion.resolver import Resolver
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from starlette.types import Scope
 
-from app import frontdoor, problems, queue, services, store
+from app import auth, frontdoor, problems, queue, routing, services, store
 from app.settings import Settings
 from app.store.base import StoreError, TaskStore
 
@@ -102,10 +102,18 @@ def create_app(
     settings: Settings,
     task_store: TaskStore | None = None,
     task_queue: queue.TaskQueue | None = None,
+    authenticator: auth.Authenticator | None = None,
 ) -> connexion.FlaskApp:
-    """Build the API app; the store and queue default to those the settings name."""
-    if settings.auth == "none":
-        log.warning("authentication is off (KUEUE_TES_AUTH=none): anyone can use this server")
+    """Build the API app; the store, queue and authenticator default to what the settings name.
+
+    Raises ValueError when the security settings are wrong (app.auth, app.routing).
+    """
+    authenticator = authenticator or auth.Authenticator(settings)
+    routes = routing.load(settings)
+    if authenticator.is_open:
+        log.warning("%s Set KUEUE_TES_AUTH (docs/auth.md).", auth.OPEN_WARNING)
+    else:
+        authenticator.warm()
     validators = dict(VALIDATOR_MAP)
     validators["parameter"] = _NamedParameterValidator
     body = dict(VALIDATOR_MAP["body"])
@@ -116,6 +124,8 @@ def create_app(
         settings=settings,
         store=task_store or store.open_store(settings),
         queue=task_queue or queue.TaskQueue(settings, queue.connect(settings)),
+        auth=authenticator,
+        routes=routes,
     )
     # No indent: an indented dump takes Python's slow JSON encoder (ten times slower on pages).
     app = connexion.FlaskApp(__name__, specification_dir=SPEC_DIR, jsonifier=Jsonifier(flask.json))

@@ -50,6 +50,52 @@ class Placement:
     zones: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """What one principal may ask of Kueue: the global policy, or a route's (app.routing)."""
+
+    queue: str  # the LocalQueue of tasks that name none
+    queues: tuple[str, ...] = ()  # LocalQueues it may name besides that one; empty: any
+    priority_classes: tuple[str, ...] = ()  # empty: any
+    gpu_kinds: Mapping[str, str] = field(default_factory=dict)  # gpu_type → extended resource
+    default_gpu_type: str | None = None
+    max_gpus: int = 0
+    max_run_seconds: int | None = None
+    route: str | None = None  # which route this is, for messages; None: the global policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Envelope:
+        """Return the global policy of the KUEUE_TES_* settings as an envelope."""
+        return cls(
+            queue=settings.default_queue,
+            queues=tuple(settings.allowed_queues),
+            priority_classes=tuple(settings.allowed_priority_classes),
+            gpu_kinds=gpu_kinds(settings),
+            default_gpu_type=default_gpu_type(settings),
+            max_gpus=settings.max_gpus,
+            max_run_seconds=settings.max_run_seconds,
+        )
+
+    def to_whom(self) -> str:
+        """Return `` to <route>`` for messages about a route, else nothing."""
+        return f" to {self.route}" if self.route else ""
+
+    def routed(self, kept: dict[str, str], settings: Settings) -> dict[str, str]:
+        """Add what the worker must know of this envelope to the kept parameters.
+
+        The worker reads only the stored task and the global settings (worker/jobspec.py),
+        so a route's default queue and run-time cap travel in the task's backend_parameters,
+        whether or not KUEUE_TES_BACKEND_PARAMETERS lets tasks name those keys themselves.
+        """
+        out = dict(kept)
+        if "queue" not in out and self.queue != settings.default_queue:
+            out["queue"] = self.queue
+        cap = self.max_run_seconds
+        if "max_run_seconds" not in out and cap is not None and cap != settings.max_run_seconds:
+            out["max_run_seconds"] = str(cap)
+        return out
+
+
 def pairs(items: Iterable[str]) -> dict[str, str]:
     """Turn ``key=value`` items (a list setting) into a mapping."""
     out: dict[str, str] = {}
@@ -100,35 +146,32 @@ def _name_problem(what: str, value: str, allowed: Sequence[str]) -> str | None:
     return None
 
 
-def _problem(key: str, value: str, params: Mapping[str, str], settings: Settings) -> str | None:
-    """Return why one backend parameter is outside the policy, or None when it is within."""
+def _problem(key: str, value: str, params: Mapping[str, str], env: Envelope) -> str | None:
+    """Return why one backend parameter is outside the envelope, or None when it is within."""
     if key == "queue":
-        return _name_problem("LocalQueue", value, settings.allowed_queues)
+        if value == env.queue:  # one's own default queue is always allowed
+            return None
+        return _name_problem("LocalQueue", value, env.queues)
     if key == "priority_class":
-        return _name_problem("WorkloadPriorityClass", value, settings.allowed_priority_classes)
+        return _name_problem("WorkloadPriorityClass", value, env.priority_classes)
     if key == "gpus":
         count = _count(value)
         if count is None:
             return f"'{value}' is not a whole number of GPUs"
-        if count > settings.max_gpus:
-            return f"{count} GPUs is over the limit of {settings.max_gpus} per task"
-        if count and not gpu_kinds(settings):
-            return "this service offers no GPUs"
-        if (
-            count
-            and "gpu_type" not in params
-            and default_gpu_type(settings) not in gpu_kinds(settings)
-        ):
+        if count > env.max_gpus:
+            return f"{count} GPUs is over the limit of {env.max_gpus} per task"
+        if count and not env.gpu_kinds:
+            return "this service offers no GPUs" + env.to_whom()
+        if count and "gpu_type" not in params and env.default_gpu_type not in env.gpu_kinds:
             return "this service names no default GPU kind; give gpu_type"
         return None
     if key == "gpu_type":
-        kinds = gpu_kinds(settings)
-        return None if value in kinds else _one_of("GPU kind", value, kinds)
+        return None if value in env.gpu_kinds else _one_of("GPU kind", value, env.gpu_kinds)
     if key == "max_run_seconds":
         seconds = _count(value)
         if not seconds:
             return f"'{value}' is not a positive whole number of seconds"
-        cap = settings.max_run_seconds
+        cap = env.max_run_seconds
         if cap is not None and seconds > cap:
             return f"{seconds} seconds is over the limit of {cap}"
         return None
@@ -140,15 +183,17 @@ def _canonical(key: str, value: str) -> str:
 
 
 def check(
-    task: TaskIn, settings: Settings, honoured: Sequence[str]
+    task: TaskIn, settings: Settings, honoured: Sequence[str], envelope: Envelope | None = None
 ) -> tuple[dict[str, str], list[str]]:
-    """Return the task's backend parameters within the policy, and system logs for the rest.
+    """Return the task's backend parameters within the envelope, and system logs for the rest.
 
-    Raises InvalidTask for the first key outside the policy when backend_parameters_strict.
+    ``envelope`` is what the caller may ask for (app.routing); default: the global policy.
+    Raises InvalidTask for the first key outside it when backend_parameters_strict.
     """
+    env = envelope or Envelope.from_settings(settings)
     resources = task.resources
     if resources is None:
-        return {}, []
+        return env.routed({}, settings), []
     params = dict(resources.backend_parameters or {})
     strict = bool(resources.backend_parameters_strict)
     listed = ", ".join(honoured) or "none"
@@ -163,7 +208,7 @@ def check(
                     f"it honours: {listed}"
                 )
         else:
-            problem = _problem(key, params[key], params, settings)
+            problem = _problem(key, params[key], params, env)
             if problem is None:
                 kept[key] = _canonical(key, params[key])
                 continue
@@ -172,7 +217,8 @@ def check(
             raise InvalidTask(f"resources.backend_parameters.{key}", reason)
         notes.append(f"backend parameter '{key}' was ignored: {reason}")
     notes.extend(_hint_notes(resources.preemptible, resources.zones, settings))
-    return {key: kept[key] for key in params if key in kept}, notes
+    ordered = {key: kept[key] for key in params if key in kept}
+    return env.routed(ordered, settings), notes
 
 
 def _hint_notes(preemptible: bool | None, zones: list[str] | None, settings: Settings) -> list[str]:

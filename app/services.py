@@ -1,4 +1,4 @@
-"""What the HTTP handlers share within one app: settings, store, queue."""
+"""What the HTTP handlers share within one app: settings, store, queue, auth, routes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import flask
 
+from app.auth import Authenticator
 from app.queue import TaskQueue
+from app.routing import Routes
 from app.settings import Settings
 from app.store.base import TaskStore
 
@@ -21,6 +23,8 @@ class Services:
     settings: Settings
     store: TaskStore
     queue: TaskQueue
+    auth: Authenticator
+    routes: Routes
     started_at: float = field(default_factory=time.time)
 
 

@@ -6,7 +6,7 @@ Each field is documented here and only here; ``kueue-tes settings`` prints this 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -287,11 +287,94 @@ class Settings(BaseSettings):
         "say that Kueue does not seem to manage the namespace.",
     )
 
-    # -- security -----------------------------------------------------------------------------
-    auth: Literal["none"] = Field(
+    # -- security (docs/auth.md) ------------------------------------------------------------------
+    auth: str = Field(
         default="none",
-        description="Authentication mode. `none` serves everyone as the principal `anonymous`.",
+        description="Authentication: `none` (everyone is the admin principal `anonymous`; logged "
+        "at every start and said in service-info), `basic`, `oidc`, or `basic,oidc` (both "
+        "schemes accepted).",
     )
+    basic_users_file: Path | None = Field(
+        default=None,
+        description="htpasswd file of the Basic users, bcrypt hashes as `htpasswd -B` writes "
+        "them; an optional third field holds `admin` and `group:<name>` flags "
+        "(comma-separated). Re-read when it changes, e.g. a mounted Secret.",
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OIDC issuer URL, exactly as tokens' `iss` claim has it; its discovery "
+        "document (<issuer>/.well-known/openid-configuration) names the keys.",
+    )
+    oidc_audience: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Audiences a token's `aud` claim must name one of (comma-separated); "
+        "required with oidc.",
+    )
+    oidc_principal_claim: str = Field(
+        default="sub",
+        description="Claim that names the principal, the owner of the tasks it creates (a "
+        "dotted path reaches into nested claims).",
+    )
+    oidc_groups_claim: str | None = Field(
+        default="groups",
+        description="Claim that lists the principal's groups: a list or a comma/space-separated "
+        "string; a dotted path reaches into nested claims (realm_access.roles); empty: none.",
+    )
+    oidc_leeway_seconds: float = Field(
+        default=30.0, ge=0, description="Clock skew allowed when checking exp and nbf."
+    )
+    oidc_jwks_refresh_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Least time between two fetches of the issuer's keys when a token names a "
+        "key id not yet known (key rotation).",
+    )
+    oidc_jwks_max_age_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Keys older than this are fetched again, so that withdrawn keys stop working.",
+    )
+    auth_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a checked token or password is remembered per API process (never "
+        "past a token's expiry), so that polling costs no signature or bcrypt check; 0: none.",
+    )
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Principals who see and cancel every task: names and `group:<name>` "
+        "entries (comma-separated).",
+    )
+    routes_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON file that maps principals and groups to a default LocalQueue "
+        "and to the queues, priority classes, GPUs and run time they may ask for "
+        "(docs/auth.md); unset: everyone gets the global policy above.",
+    )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_modes(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        modes = {part.strip().lower() for part in value.split(",") if part.strip()}
+        if modes == {"none"}:
+            return "none"
+        if not modes or not modes <= {"basic", "oidc"}:
+            raise ValueError(f"'{value}' is not none, basic, oidc or basic,oidc")
+        return ",".join(sorted(modes))
+
+    @field_validator("oidc_audience", "admins", mode="before")
+    @classmethod
+    def _split_security_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("oidc_groups_claim", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     log_level: str = Field(default="INFO", description="Log level of every process.")
 

@@ -12,7 +12,7 @@ import posixpath
 from pydantic import ValidationError
 
 from app import policy
-from app.models import FileType, TaskIn
+from app.models import FileType, Resources, TaskIn
 from app.settings import Settings
 
 #: Raised for anything the client must change; defined with the policy, which raises it too.
@@ -133,20 +133,28 @@ def _check_executors(task: TaskIn) -> None:
 
 
 def check_task(
-    task: TaskIn, honoured: list[str], max_content_bytes: int, settings: Settings | None = None
+    task: TaskIn,
+    honoured: list[str],
+    max_content_bytes: int,
+    settings: Settings | None = None,
+    envelope: policy.Envelope | None = None,
 ) -> list[str]:
     """Check a parsed task and bring its backend parameters within policy; return system logs.
 
     Raises InvalidTask for anything the client must change. ``settings`` carries the operator's
-    policy (docs/kueue.md); without it the defaults apply.
+    policy (docs/kueue.md); without it the defaults apply. ``envelope`` is the caller's route
+    (docs/auth.md); without it the global policy applies.
     """
     _check_executors(task)
     _check_inputs(task, max_content_bytes)
     _check_outputs(task)
     for i, volume in enumerate(task.volumes or []):
         check_path(f"volumes[{i}]", volume)
-    params, notes = policy.check(task, settings or _defaults(), honoured)
+    params, notes = policy.check(task, settings or _defaults(), honoured, envelope)
     if task.resources is not None and task.resources.backend_parameters is not None:
+        task.resources.backend_parameters = params
+    elif params:  # the caller's route added its queue or run-time cap
+        task.resources = task.resources or Resources()
         task.resources.backend_parameters = params
     return notes
 

@@ -11,7 +11,7 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from pydantic import ValidationError
 
-from app import ids, problems, services, validation, views
+from app import auth, ids, problems, services, validation, views
 from app.models import State, TaskIn, View
 from app.queue import QueueError
 from app.store.base import TaskFilter, TaskRecord
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
-ANONYMOUS = "anonymous"
 _CANCELABLE = (State.QUEUED, State.INITIALIZING, State.RUNNING)
 
 Json = dict[str, Any]
@@ -31,19 +30,28 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _principal() -> str:
-    return ANONYMOUS
-
-
 def create_task(body: Any) -> Json | ConnexionResponse:
-    """Validate, store as QUEUED, then enqueue the submission."""
+    """Validate, route, store as QUEUED (owned by the caller), then enqueue the submission."""
     svc = services.current()
+    principal = auth.current()
+    envelope = svc.routes.envelope(principal)
+    if envelope is None:
+        return problems.problem(
+            403,
+            "Forbidden",
+            f"'{principal.name}' may not create tasks here: no queue route of this service "
+            "matches this principal or its groups; ask the operator for one",
+        )
     if not isinstance(body, dict):
         return problems.bad_request(validation.InvalidTask("body", "must be a JSON object"))
     try:
         task = TaskIn.model_validate(body)
         notes = validation.check_task(
-            task, svc.settings.backend_parameters, svc.settings.max_content_bytes, svc.settings
+            task,
+            svc.settings.backend_parameters,
+            svc.settings.max_content_bytes,
+            svc.settings,
+            envelope,
         )
     except ValidationError as exc:
         return problems.bad_request(validation.from_pydantic(exc))
@@ -53,7 +61,7 @@ def create_task(body: Any) -> Json | ConnexionResponse:
     doc = task.model_dump(mode="json", exclude_none=True)
     doc.update(id=task_id, state=State.QUEUED.value, creation_time=now_rfc3339())
     svc.store.create(
-        TaskRecord(id=task_id, state=State.QUEUED, owner=_principal(), doc=doc, notes=notes)
+        TaskRecord(id=task_id, state=State.QUEUED, owner=principal.name, doc=doc, notes=notes)
     )
     for note in notes:
         log.info("task %s: %s", task_id, note)
@@ -62,14 +70,14 @@ def create_task(body: Any) -> Json | ConnexionResponse:
     except QueueError as exc:
         # The task is stored; the watcher's sweep re-enqueues QUEUED tasks without a Job.
         log.warning("task %s: %s; the sweep will submit it later", task_id, exc)
-    log.info("task %s: created", task_id)
+    log.info("task %s: created by %s", task_id, principal.name)
     return {"id": task_id}
 
 
 def get_task(id: str, view: str = View.MINIMAL.value) -> Json | ConnexionResponse:
-    """Return one task in the requested view."""
+    """Return one task in the requested view (the front door answers first; same rules)."""
     svc = services.current()
-    record = svc.store.get(id, owner=None)
+    record = svc.store.get(id, owner=auth.current().owner_filter())
     if record is None:
         return problems.not_found(id)
     return views.render(record.doc, View(view))
@@ -121,7 +129,7 @@ def list_tasks(
             # fills in when absent; no task is ever UNKNOWN, so it means "any state".
             state=State(state) if state and state != State.UNKNOWN.value else None,
             tags=_tag_filter(tag_key, tag_value),
-            owner=None,
+            owner=auth.current().owner_filter(),
         )
         before = _untoken(page_token) if page_token else None
     except validation.InvalidTask as exc:
@@ -137,11 +145,13 @@ def list_tasks(
 def cancel_task(id: str) -> Json | ConnexionResponse:
     """Move an active task to CANCELING and enqueue the cancel; terminal tasks are left as is."""
     svc = services.current()
-    record = svc.store.get(id, owner=None)
+    principal = auth.current()
+    # Another owner's task is 404 like an unknown id, so ids do not leak.
+    record = svc.store.get(id, owner=principal.owner_filter())
     if record is None:
         return problems.not_found(id)
     if svc.store.transition(id, State.CANCELING, expect=_CANCELABLE):
-        log.info("task %s: CANCELING", id)
+        log.info("task %s: CANCELING (asked by %s)", id, principal.name)
     try:
         # Enqueue also when the task already was CANCELING: a lost cancel is then retried.
         if record.state in _CANCELABLE or record.state is State.CANCELING:
