@@ -2,11 +2,11 @@
 
 Every request but service-info (and the spec) is authenticated here (docs/auth.md): a 401
 with ``WWW-Authenticate`` when credentials are missing or wrong, else the principal is put in
-the scope for the handlers. GetTask is what every TES client polls, many times per task.
+the scope for the handlers. GetTask and ListTasks are what TES clients poll, many times per task.
 Connexion's middleware stack and the ASGI-to-WSGI bridge cost ten times the work of the lookup
-itself (docs/performance.md), so ``GET /tasks/{id}`` is answered here, with the same checks and
-answers as the spec-driven route: the view parameter is validated against the spec's enum,
-unknown ids and other owners' tasks are 404.
+itself (docs/performance.md), so ``GET /tasks/{id}`` and ``GET /tasks`` are answered here, with
+the same checks and answers as the spec-driven routes: parameters are validated against the
+spec's enums and types, unknown ids and other owners' tasks are 404.
 """
 
 from __future__ import annotations
@@ -23,14 +23,18 @@ from connexion.lifecycle import ConnexionResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import auth, problems, views
-from app.models import View
+from app.api import tasks
+from app.models import State, View
 from app.services import Services
 from app.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
 _TASK_PATH = re.compile(r"^/(?:ga4gh/tes/v1|v1)/tasks/([^/:]+)$")
+_TASKS_PATH = re.compile(r"^/(?:ga4gh/tes/v1|v1)/tasks$")
 _VIEWS = [view.value for view in View]
+_STATES = [state.value for state in State]
+_INT32 = 2**31
 #: Paths anyone may read: clients look at service-info before they have credentials.
 PUBLIC = frozenset(
     f"{base}/{name}"
@@ -73,6 +77,9 @@ class FrontDoor:
             scope[auth.SCOPE_KEY] = principal
             if scope.get("method") == "GET" and (match := _TASK_PATH.match(path)):
                 await send_response(self._get_task(match.group(1), scope, principal), send)
+                return
+            if scope.get("method") == "GET" and _TASKS_PATH.match(path):
+                await send_response(self._list_tasks(scope, principal), send)
                 return
         await self.app(scope, receive, send)
 
@@ -117,6 +124,51 @@ class FrontDoor:
             return problems.not_found(task_id)
         body = json.dumps(views.render(record.doc, View(view)))
         return ConnexionResponse(200, "application/json", "application/json", body=body)
+
+    def _list_tasks(self, scope: Scope, principal: auth.Principal) -> ConnexionResponse:
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        one = {key: value for key, value in pairs}
+        many: dict[str, list[str]] = {"tag_key": [], "tag_value": []}
+        for key, value in pairs:
+            if key in many:
+                many[key].append(value)
+        view, state, size = one.get("view", View.MINIMAL.value), one.get("state"), None
+        # The same checks, and the same answers, as the spec-driven route's parameters.
+        if view not in _VIEWS:
+            return _bad("view", f"{view!r} is not one of {_VIEWS}")
+        if state is not None and state not in _STATES:
+            return _bad("state", f"{state!r} is not one of {_STATES}")
+        if "page_size" in one:
+            try:
+                size = int(one["page_size"])
+            except ValueError:
+                return _bad("page_size", f"{one['page_size']!r} is not of type 'integer'")
+            if not -_INT32 <= size < _INT32:
+                return _bad("page_size", f"{size} is out of the int32 range")
+        query = tasks.ListQuery(
+            name_prefix=one.get("name_prefix"),
+            state=state,
+            tag_key=many["tag_key"] or None,
+            tag_value=many["tag_value"] or None,
+            page_size=size,
+            page_token=one.get("page_token"),
+            view=view,
+        )
+        try:
+            result = tasks.list_page(self.services, principal, query)
+        except StoreError:
+            return problems.problem(
+                503, "Service Unavailable", "the task store is unavailable; retry shortly"
+            )
+        if isinstance(result, ConnexionResponse):
+            return result
+        return ConnexionResponse(
+            200, "application/json", "application/json", body=json.dumps(result)
+        )
+
+
+def _bad(field: str, message: str) -> ConnexionResponse:
+    return problems.problem(400, "Bad Request", f"{field}: {message}", field=field)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

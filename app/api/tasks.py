@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,25 +117,44 @@ def list_tasks(
     view: str = View.MINIMAL.value,
 ) -> Json | ConnexionResponse:
     """List tasks newest first, filtered, one page at a time."""
-    svc = services.current()
-    size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+    query = ListQuery(name_prefix, state, tag_key, tag_value, page_size, page_token, view)
+    return list_page(services.current(), auth.current(), query)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The ListTasks parameters, as given (already of the spec's types)."""
+
+    name_prefix: str | None = None
+    state: str | None = None
+    tag_key: list[str] | None = None
+    tag_value: list[str] | None = None
+    page_size: int | None = None
+    page_token: str | None = None
+    view: str = View.MINIMAL.value
+
+
+def list_page(svc: services.Services, principal: auth.Principal, query: ListQuery) -> Any:
+    """Answer ListTasks for ``principal``: the page's JSON, or a 400 naming the parameter."""
+    size = DEFAULT_PAGE_SIZE if query.page_size is None else query.page_size
     try:
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise validation.InvalidTask(
                 "page_size", f"{size} is out of range; use 1 to {MAX_PAGE_SIZE}"
             )
+        state = query.state
         flt = TaskFilter(
-            name_prefix=name_prefix or None,
+            name_prefix=query.name_prefix or None,
             # The spec gives the state parameter tesState's default, UNKNOWN, which Connexion
             # fills in when absent; no task is ever UNKNOWN, so it means "any state".
             state=State(state) if state and state != State.UNKNOWN.value else None,
-            tags=_tag_filter(tag_key, tag_value),
-            owner=auth.current().owner_filter(),
+            tags=_tag_filter(query.tag_key, query.tag_value),
+            owner=principal.owner_filter(),
         )
-        before = _untoken(page_token) if page_token else None
+        before = _untoken(query.page_token) if query.page_token else None
     except validation.InvalidTask as exc:
         return problems.bad_request(exc)
-    chosen = View(view)
+    chosen = View(query.view)
     page = svc.store.list(flt, size, before=before, minimal=chosen is View.MINIMAL)
     body: Json = {"tasks": [views.render(r.doc, chosen) for r in page.records]}
     if page.more and page.records:
