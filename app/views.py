@@ -1,31 +1,82 @@
-"""The three TES views of a stored task (pure functions on the stored doc)."""
+"""The three TES views of a stored task (pure functions on the stored doc).
+
+Stored docs are written only by our own code: a task validated by ``TaskIn`` and logs built by
+the watcher. Shaping a response is therefore a projection onto the response models' fields
+(``Task``, ``TaskLog`` … in app/models.py), not a second validation: it keeps exactly the
+spec's fields, drops nulls, and turns ``size_bytes`` into the string the spec wants, at a
+fraction of a full model round trip (pages of 256 tasks render this way).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.models import Task, View
+from pydantic import BaseModel
+
+from app.models import (
+    Executor,
+    ExecutorLog,
+    Input,
+    Output,
+    OutputFileLog,
+    Resources,
+    Task,
+    TaskLog,
+    View,
+)
+
+Json = dict[str, Any]
 
 
-def _basic(full: dict[str, Any]) -> dict[str, Any]:
-    # BASIC is FULL without the bulky fields: executor stdout/stderr, input content and
-    # system logs (the spec's own list).
-    for item in full.get("inputs", ()):
-        item.pop("content", None)
-    for tasklog in full.get("logs", ()):
-        tasklog.pop("system_logs", None)
-        for executor_log in tasklog.get("logs", ()):
-            executor_log.pop("stdout", None)
-            executor_log.pop("stderr", None)
-    return full
+def _fields(model: type[BaseModel], *without: str) -> frozenset[str]:
+    return frozenset(model.model_fields) - frozenset(without)
 
 
-def render(doc: dict[str, Any], view: View) -> dict[str, Any]:
+_TASK = _fields(Task)
+_INPUT = {View.FULL: _fields(Input), View.BASIC: _fields(Input, "content")}
+_OUTPUT = _fields(Output)
+_EXECUTOR = _fields(Executor)
+_RESOURCES = _fields(Resources)
+_TASKLOG = {View.FULL: _fields(TaskLog), View.BASIC: _fields(TaskLog, "system_logs")}
+_EXECUTOR_LOG = {
+    View.FULL: _fields(ExecutorLog),
+    View.BASIC: _fields(ExecutorLog, "stdout", "stderr"),
+}
+_FILE_LOG = _fields(OutputFileLog)
+
+
+def _pick(obj: Json, keys: frozenset[str]) -> Json:
+    return {key: value for key, value in obj.items() if key in keys and value is not None}
+
+
+def _file_log(entry: Json) -> Json:
+    out = _pick(entry, _FILE_LOG)
+    out["size_bytes"] = str(out.get("size_bytes", 0))  # int64 travels as a string
+    return out
+
+
+def _tasklog(entry: Json, view: View) -> Json:
+    out = _pick(entry, _TASKLOG[view])
+    out["logs"] = [_pick(log, _EXECUTOR_LOG[view]) for log in out.get("logs") or ()]
+    out["outputs"] = [_file_log(item) for item in out.get("outputs") or ()]
+    return out
+
+
+def render(doc: Json, view: View) -> Json:
     """Return the task JSON for ``view``, with exactly the spec's fields."""
     if view is View.MINIMAL:
         return {"id": doc["id"], "state": doc["state"]}
-    full = Task.model_validate(doc).model_dump(mode="json", exclude_none=True)
-    if not full.get("logs"):
+    out = _pick(doc, _TASK)
+    if "inputs" in out:
+        out["inputs"] = [_pick(item, _INPUT[view]) for item in out["inputs"]]
+    if "outputs" in out:
+        out["outputs"] = [_pick(item, _OUTPUT) for item in out["outputs"]]
+    out["executors"] = [_pick(item, _EXECUTOR) for item in out.get("executors") or ()]
+    if "resources" in out:
+        out["resources"] = _pick(out["resources"], _RESOURCES)
+    if out.get("logs"):
+        out["logs"] = [_tasklog(entry, view) for entry in out["logs"]]
+    else:
         # `logs` appears once an attempt has started, never as [] (design section 4).
-        full.pop("logs", None)
-    return _basic(full) if view is View.BASIC else full
+        out.pop("logs", None)
+    return out

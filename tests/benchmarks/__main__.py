@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api, runtime, watcher
+from tests.benchmarks import api, auth, runtime, submit, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -36,6 +36,17 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "MINIMAL, its reference; [n] = matching tasks",
         lambda args, gen: api.listing(args.workers, args.max_seconds),
     ),
+    "auth": (
+        "Authentication through gunicorn: GetTask MINIMAL with OIDC on against auth off, the "
+        "same token on every request (best of the rounds); cost = the time auth adds per request",
+        lambda args, gen: auth.gettask(gen, args.workers, args.rounds),
+    ),
+    "owner-list": (
+        f"ListTasks over {api.seed.TASKS:,} stored tasks, two thirds another owner's, one "
+        "page: as the owner of the rest (owner filter) against an admin (none); medians of "
+        "sequential requests, OIDC on; [n] = tasks on the page",
+        lambda args, gen: auth.owner_listing(args.workers),
+    ),
     "runtime": (
         f"Local runtime through `kueue-tes serve` and its HTTP API: {runtime.EXECUTORS} executors "
         f"running `true` against running `true` directly; trivial tasks per minute (default "
@@ -46,6 +57,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "Watcher: recorded Job/Pod/Workload observations through states.decide and the SQLite "
         "store's compare-and-set (best of 3), against a bare loop of the same tasks' transitions",
         lambda args, gen: watcher.watcher(args.watcher_tasks),
+    ),
+    "submit": (
+        "Submission: RQ submit jobs (a burst worker) into KubernetesCluster against kmock's "
+        "Kubernetes emulator over HTTP, against the same cluster.submit calls in a bare loop "
+        "(best of 3)",
+        lambda args, gen: submit.submit(args.submit_tasks),
     ),
 }
 #: Names that stand for several benchmarks.
@@ -88,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--watcher-tasks", type=int, default=300, help="watcher: tasks replayed at once"
     )
+    parser.add_argument(
+        "--submit-tasks", type=int, default=400, help="submit: tasks enqueued at once"
+    )
     return parser
 
 
@@ -105,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             if each not in names:
                 names.append(each)
     gen = load_generator(args.connections, args.duration, args.warmup)
-    used = f"{gen.label}, best of {args.rounds} rounds" if "throughput" in names else "none"
+    loaded = "throughput" in names or "auth" in names  # the benchmarks that use the generator
+    used = f"{gen.label}, best of {args.rounds} rounds" if loaded else "none"
     print(
         f"kueue-tes benchmarks | machine: {machine()} | load generator: {used} | server: "
         f"gunicorn, {args.workers} uvicorn workers, access log off, keep-alive"
     )
-    if "throughput" in names and isinstance(gen, PythonLoad):
+    if loaded and isinstance(gen, PythonLoad):
         print(
             "NOTE: wrk is not on PATH, so throughput uses a Python load generator that may "
             "saturate before the server does (ratios drift towards 1). Install wrk for real "
