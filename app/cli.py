@@ -58,6 +58,21 @@ def _local_cluster(settings: Settings) -> Any:
         sys.exit(f"kueue-tes serve: {exc}")
 
 
+def _watcher(settings: Settings, task_store: Any, cluster: Any, task_queue: Any) -> Any:
+    """Return the watcher of a process, configured from the settings."""
+    from worker.watcher import Watcher
+
+    return Watcher(
+        task_store,
+        cluster,
+        resubmit=task_queue.submit,
+        recancel=task_queue.cancel,
+        grace_seconds=settings.resubmit_grace_seconds,
+        image_pull_grace_seconds=settings.image_pull_grace_seconds,
+        no_workload_seconds=settings.no_workload_seconds,
+    )
+
+
 def serve(settings: Settings) -> None:
     """Run API, queue, worker, watcher and the local runtime in this one process."""
     # Connexion imports Starlette's test client, which warns about httpx on every start.
@@ -70,7 +85,6 @@ def serve(settings: Settings) -> None:
     from app import queue, store
     from app.main import create_app
     from worker import context
-    from worker.watcher import Watcher
 
     # The local runtime ignores images: our own containers run this very interpreter. Their
     # cpu request would make a 1-cpu task ask for 1.1 and halve what a small machine runs at
@@ -89,15 +103,7 @@ def serve(settings: Settings) -> None:
     task_queue = queue.TaskQueue(settings, connection)
     context.install(context.Context(settings=settings, store=task_store, cluster=cluster))
     queue.start_thread_worker(settings, connection)
-    watcher = Watcher(
-        task_store,
-        cluster,
-        resubmit=task_queue.submit,
-        recancel=task_queue.cancel,
-        grace_seconds=settings.resubmit_grace_seconds,
-        image_pull_grace_seconds=settings.image_pull_grace_seconds,
-        no_workload_seconds=settings.no_workload_seconds,
-    )
+    watcher = _watcher(settings, task_store, cluster, task_queue)
     watching = threading.Thread(target=watcher.run, name="kueue-tes-watcher", daemon=True)
     watching.start()
     app = create_app(settings, task_store, task_queue, authenticator)
@@ -194,7 +200,6 @@ def watch(settings: Settings) -> None:
 
     from app import queue, store
     from worker.election import Elector
-    from worker.watcher import Watcher
 
     if not settings.redis_url:
         sys.exit("kueue-tes watch: set KUEUE_TES_REDIS_URL to the queue the API enqueues on")
@@ -212,15 +217,7 @@ def watch(settings: Settings) -> None:
         sys.exit(f"kueue-tes watch: {exc}")
     task_store = store.open_store(settings)
     task_queue = queue.TaskQueue(settings, queue.connect(settings))
-    watcher = Watcher(
-        task_store,
-        cluster,
-        resubmit=task_queue.submit,
-        grace_seconds=settings.resubmit_grace_seconds,
-        recancel=task_queue.cancel,
-        image_pull_grace_seconds=settings.image_pull_grace_seconds,
-        no_workload_seconds=settings.no_workload_seconds,
-    )
+    watcher = _watcher(settings, task_store, cluster, task_queue)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     log.info("kueue-tes watch: %s stands for Lease %s", identity, settings.lease_name)
     elector.start()
