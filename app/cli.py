@@ -52,8 +52,15 @@ def _local_cluster(settings: Settings) -> Any:
     memory = settings.local_memory_bytes or (
         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     )
+    # A fresh /tmp in each sandbox must not hide this program when it is installed there.
+    import app
+
+    ours = {sys.prefix, str(Path(app.__file__).resolve().parents[1])}
+    keep = tuple(sorted(p for p in ours if Path(p).is_relative_to("/tmp")))
     try:
-        return LocalCluster(settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap)
+        return LocalCluster(
+            settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap, keep=keep
+        )
     except PermanentError as exc:
         sys.exit(f"kueue-tes serve: {exc}")
 

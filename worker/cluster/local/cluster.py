@@ -54,9 +54,15 @@ class LocalCluster:
     """Runs task Jobs on this machine: FIFO admission against a quota, pods in bwrap sandboxes."""
 
     def __init__(
-        self, root: Path, cpu_quota: float, memory_quota_bytes: int, bwrap: str = "bwrap"
+        self,
+        root: Path,
+        cpu_quota: float,
+        memory_quota_bytes: int,
+        bwrap: str = "bwrap",
+        keep: tuple[str, ...] = (),
     ) -> None:
-        self._bwrap = process.check_bwrap(bwrap)
+        """Run pods under ``root``; ``keep`` are host paths every sandbox must still see."""
+        self._bwrap, self._keep = process.check_bwrap(bwrap), keep
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
         self._lockfile: TextIO = (self._root / ".lock").open("w")
@@ -268,6 +274,7 @@ class LocalCluster:
             lambda status: self._pod_changed(task.task_id, pod_name, status),
             task_id=task.task_id,
             bwrap=self._bwrap,
+            keep=self._keep,
         )
         logger.info("task %s: admitted; pod %s starts", task.task_id, pod_name)
         task.runner.start()

@@ -36,6 +36,7 @@ class PodRunner:
         *,
         task_id: str,
         bwrap: str = "bwrap",
+        keep: tuple[str, ...] = (),
         grace_cap: float = 5.0,
         restart_backoff: float = 1.0,
     ) -> None:
@@ -43,8 +44,7 @@ class PodRunner:
         self._dir = pod_dir
         self._configmaps = configmaps
         self._on_status = on_status
-        self._task = task_id
-        self._bwrap = bwrap
+        self._task, self._bwrap, self._keep = task_id, bwrap, keep
         spec = self._pod["spec"]
         self._init: list[dict[str, Any]] = list(spec.get("initContainers") or [])
         self._main: list[dict[str, Any]] = list(spec.get("containers") or [])
@@ -254,6 +254,7 @@ class PodRunner:
             info_fd=info_fd,
             privileged=os.geteuid() == 0,
             read_only_volumes=self._read_only,
+            keep=self._keep,
         )
 
     # -- processes ----------------------------------------------------------------------------

@@ -288,6 +288,7 @@ def bwrap_argv(
     info_fd: int | None = None,
     privileged: bool = False,
     read_only_volumes: frozenset[str] = frozenset(),
+    keep: tuple[str, ...] = (),
 ) -> list[str]:
     """Return the bwrap command line that runs ``container`` like a container runtime would."""
     host = host or RealHost()
@@ -313,6 +314,9 @@ def bwrap_argv(
     args = [bwrap, "--tmpfs", "/"]
     replaced = _rebuild("/", targets, host, args)
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    for path in keep:
+        # Host paths the fresh /tmp would hide, such as this very program's virtualenv.
+        args += ["--ro-bind", path, path]
     args += ["--ro-bind", "/sys", "/sys"]
     if create_workdir:
         args += ["--dir", workdir]
