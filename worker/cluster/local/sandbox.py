@@ -314,15 +314,15 @@ def bwrap_argv(
     args = [bwrap, "--tmpfs", "/"]
     replaced = _rebuild("/", targets, host, args)
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    for path in keep:
-        # Host paths the fresh /tmp would hide, such as this very program's virtualenv.
-        args += ["--ro-bind", path, path]
     args += ["--ro-bind", "/sys", "/sys"]
     if create_workdir:
         args += ["--dir", workdir]
     for mount in mounts:
         # Bind read-write first so that nested mount points can still be created inside.
         args += ["--bind", mount.source, mount.target]
+    for path in keep:
+        # Host paths a fresh /tmp (or a volume there) would hide, such as our virtualenv.
+        args += ["--ro-bind", path, path]
     if termination_log is not None:
         args += ["--bind", termination_log, term_path]
     if in_volume:
