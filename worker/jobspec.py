@@ -20,6 +20,7 @@ from worker.cluster.base import MANAGED_BY, QUEUE_NAME, TASK_ID
 CONTROL = "/tes"
 WORK = "/kueue-tes/work"
 TASK_DIR = "/kueue-tes/task"
+SEQUENCER_TMP = "/kueue-tes/tmp"
 BUSYBOX = f"{CONTROL}/bin/busybox"
 RUNNER = f"{CONTROL}/bin/runner.sh"
 STAGED = f"{CONTROL}/staged"
@@ -187,6 +188,7 @@ def sequencer_env(settings: Settings, host_env: Mapping[str, str] | None = None)
     """
     values = {
         "KUEUE_TES_TASK_DIR": TASK_DIR,
+        "TMPDIR": SEQUENCER_TMP,
         "KUEUE_TES_CONTROL_DIR": CONTROL,
         "KUEUE_TES_WORK_DIR": WORK,
         "KUEUE_TES_FILE_ROOTS": ",".join(settings.file_roots),
@@ -228,8 +230,9 @@ def _sequencer(settings: Settings, host_env: Mapping[str, str] | None) -> Json:
             _control_mount(),
             {"name": "work", "mountPath": WORK},
             {"name": "task", "mountPath": TASK_DIR, "readOnly": True},
-            # The root file system is read-only; libraries may still want a temp directory.
-            {"name": "sequencer-tmp", "mountPath": "/tmp"},
+            # The root file system is read-only; libraries may still want a temp directory
+            # (TMPDIR points here: a mount over /tmp would hide what the local runtime keeps).
+            {"name": "sequencer-tmp", "mountPath": SEQUENCER_TMP},
             *(
                 {"name": v["name"], "mountPath": v["hostPath"]["path"]}
                 for v in _file_root_volumes(settings)
