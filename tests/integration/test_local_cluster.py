@@ -204,6 +204,17 @@ def test_bwrap_argv_rebuilds_the_host_root_read_only() -> None:
     assert argv[argv.index("--") + 1 :] == ["sh", "-c", "hi you $(x)"]
 
 
+def test_bwrap_argv_keeps_host_paths_that_a_fresh_tmp_would_hide() -> None:
+    """``keep`` paths (our virtualenv under /tmp, say) are bound read-only after /tmp."""
+    container: dict[str, Any] = {"name": "c", "command": ["true"]}
+    argv = sandbox.bwrap_argv(
+        container, {}, fields={}, termination_log=None, host=HOST, keep=("/tmp/ci/venv",)
+    )
+    assert ("/tmp/ci/venv", "/tmp/ci/venv") in _pairs(argv, "--ro-bind")
+    tmpfs_tmp = max(i for i, arg in enumerate(argv) if arg == "/tmp" and argv[i - 1] == "--tmpfs")
+    assert argv.index("/tmp/ci/venv") > tmpfs_tmp
+
+
 def test_bwrap_argv_makes_mount_points_inside_host_directories() -> None:
     container = {
         "name": "c",
