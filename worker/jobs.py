@@ -12,24 +12,31 @@ import os
 
 from app.models import State
 from app.store.base import TaskStore
-from worker import context, jobspec
+from worker import context, jobspec, states
 from worker.cluster.base import QUEUE_NAME, PermanentError
 from worker.watcher import now
 
 log = logging.getLogger(__name__)
 
 
-def _fail(store: TaskStore, task_id: str, reason: str) -> str:
+def _end_attempt(store: TaskStore, task_id: str, reason: str) -> None:
+    """End the task's latest attempt (or its first, if none began) with ``reason`` logged."""
     record = store.get(task_id)
-    if record is not None:
-        logs = record.doc.get("logs") or []
-        if logs:
-            system = list(logs[-1].get("system_logs") or []) + [reason]
-            store.update_attempt(task_id, len(logs) - 1, {"system_logs": system, "end_time": now()})
-        else:
-            store.append_attempt(
-                task_id, {"logs": [], "outputs": [], "system_logs": [reason], "end_time": now()}
-            )
+    if record is None:
+        return
+    logs = record.doc.get("logs") or []
+    if not logs:
+        store.append_attempt(
+            task_id, {"logs": [], "outputs": [], "system_logs": [reason], "end_time": now()}
+        )
+        return
+    current = list(logs[-1].get("system_logs") or [])
+    merged = states.merge_logs(current, [reason]) or current  # the watcher may have said it
+    store.update_attempt(task_id, len(logs) - 1, {"system_logs": merged, "end_time": now()})
+
+
+def _fail(store: TaskStore, task_id: str, reason: str) -> str:
+    _end_attempt(store, task_id, reason)
     store.transition(task_id, State.SYSTEM_ERROR)
     log.warning("task %s: SYSTEM_ERROR: %s", task_id, reason)
     return "failed"
@@ -83,10 +90,8 @@ def cancel(task_id: str) -> str:
         ctx.cluster.delete(task_id)
         if ctx.cluster.exists(task_id):
             return "deleting"  # the watcher sees the pod go and finishes the cancel
-    logs = record.doc.get("logs") or []
-    if logs:
-        system = list(logs[-1].get("system_logs") or []) + ["canceled; the task pod is gone"]
-        ctx.store.update_attempt(task_id, len(logs) - 1, {"system_logs": system, "end_time": now()})
+    if record.doc.get("logs"):
+        _end_attempt(ctx.store, task_id, states.CANCELED_NOTE)
     if ctx.store.transition(task_id, State.CANCELED, expect=[State.CANCELING]):
         log.info("task %s: CANCELED", task_id)
         return "canceled"

@@ -40,6 +40,9 @@ _NOT_FOUND = re.compile(r'"([^"]+)" not found')
 _PULLS = PULL_RETRIED | PULL_FATAL
 _ALL = ("initContainerStatuses", "containerStatuses")
 
+#: The last line of a cancelled attempt, the same whichever process finishes the cancel.
+CANCELED_NOTE = "canceled; the task pod is gone"
+
 
 @dataclass(frozen=True)
 class Objects:

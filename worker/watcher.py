@@ -219,7 +219,7 @@ class Watcher:
             changes["metadata"] = {**meta, "pod": pod}
         notes = list(decision.system_logs)
         if final is State.CANCELED:
-            notes.append("canceled; the task pod is gone")
+            notes.append(states.CANCELED_NOTE)
         else:
             log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
             report = read_report(log_text)

@@ -520,3 +520,17 @@ def test_store_outage_is_503_not_500(tmp_path: Path) -> None:
         response = client.get("/ga4gh/tes/v1/tasks/x")
     body = problem(response, status=503)
     assert "Traceback" not in json.dumps(body)
+
+
+def test_cancel_job_logs_the_cancel_once(api: Api) -> None:
+    """The cancel job ends the attempt; a note the watcher already wrote is not repeated."""
+    from worker import states
+
+    task_id = api.create()
+    api.store.append_attempt(task_id, {"logs": [], "outputs": [], "system_logs": ["x"]})
+    api.client.post(f"{api.base}/tasks/{task_id}:cancel")
+    api.store.update_attempt(task_id, 0, {"system_logs": ["x", states.CANCELED_NOTE]})
+    _run_worker(api)
+    attempt = api.get(task_id, "FULL")["logs"][0]
+    assert api.get(task_id)["state"] == "CANCELED"
+    assert attempt["system_logs"] == ["x", states.CANCELED_NOTE] and attempt["end_time"]
