@@ -117,9 +117,7 @@ class FrontDoor:
             # A point read on an index; done inline, as a thread hop would cost more than it.
             record = self.services.store.get(task_id, owner=principal.owner_filter())
         except StoreError:
-            return problems.problem(
-                503, "Service Unavailable", "the task store is unavailable; retry shortly"
-            )
+            return problems.store_unavailable()
         if record is None:  # also another owner's task: a 403 would tell that the id exists
             return problems.not_found(task_id)
         body = json.dumps(views.render(record.doc, View(view)))
@@ -157,9 +155,7 @@ class FrontDoor:
         try:
             result = tasks.list_page(self.services, principal, query)
         except StoreError:
-            return problems.problem(
-                503, "Service Unavailable", "the task store is unavailable; retry shortly"
-            )
+            return problems.store_unavailable()
         if isinstance(result, ConnexionResponse):
             return result
         return ConnexionResponse(

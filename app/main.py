@@ -93,9 +93,7 @@ def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
 
 def _store_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-    return problems.problem(
-        503, "Service Unavailable", "the task store is unavailable; retry shortly"
-    )
+    return problems.store_unavailable()
 
 
 def create_app(

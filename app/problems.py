@@ -23,3 +23,8 @@ def bad_request(error: InvalidTask) -> ConnexionResponse:
 def not_found(task_id: str) -> ConnexionResponse:
     """Return the 404 for an unknown task id."""
     return problem(404, "Not Found", f"no task with id '{task_id}'")
+
+
+def store_unavailable() -> ConnexionResponse:
+    """Return the 503 for a store that cannot answer now."""
+    return problem(503, "Service Unavailable", "the task store is unavailable; retry shortly")

@@ -103,27 +103,29 @@ def test_serve_runs_the_api_queue_and_worker(served: str, tmp_path: Path) -> Non
     assert _call(served, "GET", "/v1/tasks/unknown")[0] == 404
 
 
-def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
-    """No bwrap: serve exits at once and says how to install it, without a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
-    env["KUEUE_TES_BWRAP"] = str(tmp_path / "no-such-bwrap")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `kueue-tes ARGS` with no KUEUE_TES_* but ``env``; capture its output."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
         cwd=ROOT,
         check=False,
-        env=env,
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
+    """No bwrap: serve exits at once and says how to install it, without a traceback."""
+    proc = _cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path / "data"),
+        KUEUE_TES_BWRAP=str(tmp_path / "no-such-bwrap"),
     )
     assert proc.returncode != 0
     assert "bubblewrap" in proc.stderr and "apt-get install bubblewrap" in proc.stderr
@@ -133,21 +135,12 @@ def test_serve_without_bubblewrap_fails_at_start_with_a_clear_message(tmp_path: 
 @pytest.mark.parametrize("command", ["worker", "watch"])
 def test_kubernetes_processes_without_a_cluster_say_so(tmp_path: Path, command: str) -> None:
     """worker and watch with no reachable cluster config exit with a message, no traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
-    env.update(
+    proc = _cli(
+        command,
         KUEUE_TES_REDIS_URL="redis://127.0.0.1:1/0",
         KUEUE_TES_DATA_DIR=str(tmp_path),
         KUBECONFIG=str(tmp_path / "no-such-kubeconfig"),
         HOME=str(tmp_path),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", command],
-        cwd=ROOT,
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(f"kueue-tes {command}: ")
