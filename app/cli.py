@@ -1,4 +1,4 @@
-"""The `kueue-tes` command: serve (all in one), api, worker, settings, manifest."""
+"""The `kueue-tes` command: serve (all in one), api, worker, settings, manifest, task."""
 
 from __future__ import annotations
 
@@ -354,11 +354,18 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument(
         "--settings", type=Path, help="dotenv-style file of KUEUE_TES_* lines over the environment"
     )
+    # Listed here for --help only: main() hands `task ...` to the client (app/client).
+    sub.add_parser("task", help="a TES client: create, get, list, wait, cancel, logs (--help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `kueue-tes` console script."""
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["task"]:
+        from app.client import commands
+
+        sys.exit(commands.run(words[1:]))
     args = _parser().parse_args(argv)
     if args.command == "settings":
         print(settings_table(), end="")

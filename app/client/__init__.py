@@ -1,0 +1,1 @@
+"""`kueue-tes task`: a command-line TES client that speaks only HTTP to a TES server."""
