@@ -116,9 +116,10 @@ def serve_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def serving(data_dir: Path, env: Mapping[str, str]) -> Iterator[Server]:
-    """Run `kueue-tes serve` on a free port with ``env``; stop it and check its output at exit."""
-    port = free_port()
+def serving(data_dir: Path, env: Mapping[str, str], port: int | None = None) -> Iterator[Server]:
+    """Run `kueue-tes serve` on ``port`` (default: a free one) with ``env``; stop it and check
+    its output at exit."""
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-serve.log"
     argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
