@@ -98,7 +98,12 @@ class Connection:
         self.server = server
         self.base = api_base(server)
         auth = credentials(environ)
-        self.authenticated = auth is not None
+        if auth is None:
+            self._check = f"the server needs credentials: {_CREDENTIALS_HINT}"
+        elif isinstance(auth, httpx.BasicAuth):
+            self._check = f"check {USER_VARIABLE} and {PASSWORD_VARIABLE}"
+        else:
+            self._check = f"check {TOKEN_VARIABLE}"
         self._http = httpx.Client(
             auth=auth,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
@@ -188,8 +193,7 @@ class Connection:
                 status=code,
             )
         if code == 401:
-            hint = "check " if self.authenticated else "the server needs credentials: "
-            return ClientError(f"{status}: {detail}; {hint}{_CREDENTIALS_HINT}", status=code)
+            return ClientError(f"{status}: {detail}; {self._check}", status=code)
         return ClientError(f"{status}: {detail}", transient=code in _TRANSIENT, status=code)
 
 
