@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.client import display
+from app.client import connection, display
 from app.client.connection import ClientError, api_base, credentials
+from app.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,22 @@ def test_failure_reason_names_the_executor_or_the_last_system_log() -> None:
     assert display.failure_reason({"id": "t3", "state": "SYSTEM_ERROR"}) == (
         "see: kueue-tes task get t3"
     )
+
+
+def test_the_clients_variables_are_no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KUEUE_TES_SERVER/USER/PASSWORD/TOKEN belong to the client: no setting takes their names,
+    and the servers' Settings read the environment with them set without complaint."""
+    names = {
+        connection.SERVER_VARIABLE,
+        connection.USER_VARIABLE,
+        connection.PASSWORD_VARIABLE,
+        connection.TOKEN_VARIABLE,
+    }
+    fields = {f"KUEUE_TES_{name.upper()}" for name in Settings.model_fields}
+    assert names.isdisjoint(fields)
+    for name in names:
+        monkeypatch.setenv(name, "meant for the client")
+    with_them = Settings()
+    for name in names:
+        monkeypatch.delenv(name)
+    assert with_them == Settings()
