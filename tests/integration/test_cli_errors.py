@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import bcrypt
@@ -104,6 +106,40 @@ def test_a_server_that_is_not_tes_is_named(provider: IdentityProvider) -> None:
     line = failed(cli("get", UNKNOWN, server=provider.issuer), "get")
     assert line.startswith(f"kueue-tes task get: 404 Not Found from GET {provider.issuer}")
     assert line.endswith(f"not a TES answer; is {provider.issuer} a TES server?")
+
+
+@pytest.fixture
+def broken() -> Iterator[str]:
+    """A real HTTP server on loopback whose JSON answers are not TES-shaped."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"tasks": 5, "state": 7, "logs": 5}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_garbled_answer_is_one_line_too(broken: str) -> None:
+    """Whatever a broken server answers, the user gets one line, not a traceback."""
+    for command in ("list", "logs"):
+        args = (command,) if command == "list" else (command, UNKNOWN)
+        proc = cli(*args, server=broken)
+        assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("kueue-tes task: unexpected error: "), proc.stderr
 
 
 @pytest.mark.parametrize("command", ["get", "wait", "cancel", "logs"])
