@@ -7,9 +7,11 @@ readable reason; a traceback is never its last word.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -21,11 +23,14 @@ from app.settings import Settings
 from worker.sequencer import filers, outputs
 from worker.sequencer.filers import FilerConfig, redact
 from worker.sequencer.report import Report, now
+from worker.sequencer.runners import Runners
 
 log = logging.getLogger(__name__)
 
 TAIL_BYTES = 64 * 1024
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.05  # without life FIFOs (a control volume setup did not prepare)
+WAIT_SECONDS = 1.0  # a safeguard: runners' lines and ends wake the sequencer at once
+_FICLONE = 0x40049409  # the ioctl that shares a file's blocks (btrfs, XFS)
 Json = dict[str, Any]
 
 
@@ -64,10 +69,11 @@ class Outcome:
     system_logs: list[str] = field(default_factory=list)
     stage_failed: bool = False
     executor_failed: bool = False
+    runner_lost: bool = False  # a runner ended without an exit code
 
     def verdict(self) -> str:
         """Return the TES state the attempt ends in."""
-        if self.stage_failed:
+        if self.stage_failed or self.runner_lost:
             return "SYSTEM_ERROR"
         return "EXECUTOR_ERROR" if self.executor_failed else "COMPLETE"
 
@@ -75,10 +81,19 @@ class Outcome:
 class Sequencer:
     """One attempt of one task, from inside its pod."""
 
-    def __init__(self, paths: Paths, config: FilerConfig, parallelism: int, report: Report):
+    def __init__(
+        self,
+        paths: Paths,
+        config: FilerConfig,
+        parallelism: int,
+        report: Report,
+        runners: Runners | None = None,
+    ):
         """Prepare to run the task whose files are under ``paths``."""
         self.paths, self.config, self.parallelism, self.report = paths, config, parallelism, report
+        self.runners = runners or Runners.open(paths.control)
         self.outcome = Outcome()
+        self.lost: dict[int, str] = {}  # runners that ended without an exit code → why
 
     def _mark(self, name: str, text: str = "") -> None:
         target = self.paths.control / name
@@ -113,6 +128,7 @@ class Sequencer:
         verdict = self.outcome.verdict()
         self.report.event("verdict", state=verdict, time=now(), system_logs=notes)
         self._mark("verdict", verdict)
+        self.runners.wake_all()
         return verdict
 
     # -- stage in ---------------------------------------------------------------------------
@@ -135,6 +151,7 @@ class Sequencer:
         self.report.event("staged", ok=not errors, time=now(), system_logs=errors)
         self.outcome.system_logs += errors
         self._mark("staged")
+        self.runners.open_gate(0)
 
     def _fetch(self, item: Json) -> None:
         dest = self.paths.local(item["path"])
@@ -146,7 +163,7 @@ class Sequencer:
 
     def _prepare_mounts(self, plan: Json) -> None:
         # Kubelet would create a missing subPath as a directory: make each mount what it is.
-        for mount in plan.get("mounts", ()):
+        for number, mount in enumerate(plan.get("mounts", ())):
             local = self.paths.local(mount["path"])
             if mount["kind"] == "dir":
                 local.mkdir(parents=True, exist_ok=True)
@@ -154,6 +171,9 @@ class Sequencer:
             else:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 local.touch(exist_ok=True)
+                pinned = self.paths.work / "pins" / str(number)
+                if pinned.exists():
+                    _repin(local, pinned)
 
     # -- executors --------------------------------------------------------------------------
 
@@ -161,8 +181,11 @@ class Sequencer:
         executors = task.get("executors") or []
         for index in range(count):
             folder = self.paths.control / "exec" / str(index)
-            while not (folder / "exit_code").exists() and not (folder / "skipped").exists():
-                time.sleep(POLL_SECONDS)
+            while not _done(folder) and index not in self.lost:
+                self._listen(count, WAIT_SECONDS if self.runners.watches(index) else POLL_SECONDS)
+            if index in self.lost and not _done(folder):
+                self.runners.open_gate(index + 1)  # the lost runner cannot: the next one skips
+                continue
             if (folder / "skipped").exists():
                 self.report.event("executor", index=index, skipped=True)
                 continue
@@ -179,6 +202,40 @@ class Sequencer:
                 stdout=_tail(folder / "stdout.tail"),
                 stderr=_tail(folder / "stderr.tail"),
             )
+
+    def _listen(self, count: int, timeout: float) -> None:
+        """Wait for the runners' news: an executor started, ended, or a runner is gone."""
+        if not self.runners.fds:
+            time.sleep(timeout)
+            return
+        for index, line in self.runners.wait(timeout):
+            folder = self.paths.control / "exec" / str(index)
+            if line == "start":
+                self.report.event("running", index=index, start_time=_read(folder / "start"))
+            elif line == "" and not _done(folder) and index < count:
+                self._lose(index)
+
+    def _lose(self, index: int) -> None:
+        """End the attempt for a runner that is gone without an exit code: say what to check."""
+        why = self.runners.failure(index)
+        if why is not None:
+            text = (
+                f"executor {index} did not run: its runner stopped ({why}); check that the "
+                f"executor's user may write the control volume {self.paths.control} (an "
+                "emptyDir: the image's USER, the pod's runAsUser and fsGroup)"
+            )
+        else:
+            text = (
+                f"executor {index} ended without an exit code: its runner was killed or crashed "
+                "(the container was OOM-killed, evicted or stopped by the node); check the "
+                "executor's container status and the pod's events (kubectl describe pod)"
+            )
+        log.warning("%s", text)
+        self._mark("abort")
+        self.lost[index] = text
+        self.outcome.runner_lost = True
+        self.outcome.system_logs.append(text)
+        self.report.event("lost", index=index, time=now(), system_logs=[text])
 
     # -- stage out --------------------------------------------------------------------------
 
@@ -202,6 +259,30 @@ class Sequencer:
         notes = plan.notes + errors
         self.outcome.system_logs += notes
         self.report.event("outputs", outputs=logs, system_logs=notes)
+
+
+def _repin(path: Path, pinned: Path) -> None:
+    """Put what staging left at ``path`` into the pinned inode that executors have bound.
+
+    Downloads replace a file by renaming; the ready layout's executor containers hold the
+    inode setup created. A reflink where the file system can, else an in-kernel copy.
+    """
+    if os.path.samefile(path, pinned):
+        return
+    with path.open("rb") as source, pinned.open("wb") as target:
+        try:
+            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+        except OSError:
+            shutil.copyfileobj(source, target, 1 << 20)
+    shutil.copymode(path, pinned)
+    linked = path.with_name(f".{path.name}.pin")
+    linked.unlink(missing_ok=True)
+    os.link(pinned, linked)
+    linked.replace(path)
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "exit_code").exists() or (folder / "skipped").exists()
 
 
 def _read(path: Path) -> str | None:
@@ -240,10 +321,12 @@ def main() -> int:
         work=Path(os.environ.get("KUEUE_TES_WORK_DIR", "/kueue-tes/work")),
         task_dir=Path(os.environ.get("KUEUE_TES_TASK_DIR", "/kueue-tes/task")),
     )
+    # First of all: runners wait for their life FIFOs to be read before they go on.
+    runners = Runners.open(paths.control)
     try:
         settings = Settings()
-        sequencer = Sequencer(paths, filer_config(settings), settings.transfer_parallelism, report)
-        sequencer.run()
+        config, parallelism = filer_config(settings), settings.transfer_parallelism
+        Sequencer(paths, config, parallelism, report, runners).run()
     except Exception as exc:
         log.exception("sequencer failed")
         report.event(
@@ -255,6 +338,7 @@ def main() -> int:
         for name, text in (("abort", ""), ("staged", ""), ("verdict", "SYSTEM_ERROR")):
             with contextlib.suppress(OSError):
                 (paths.control / name).write_text(text)
+        runners.wake_all()
     if os.environ.get("KUEUE_TES_SEQUENCER_EXIT") == "1":
         return 0
     # A native sidecar that exits is restarted: stay until the pod ends and terminates us.
