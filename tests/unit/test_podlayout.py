@@ -1,6 +1,6 @@
 """The two pod layouts in states.decide, on objects shaped as kubelet and Kueue write them.
 
-Shapes recorded from the sources of Kubernetes 1.29–1.33 (kubelet's pod conditions and
+Shapes recorded from the sources of Kubernetes 1.29 to 1.33 (kubelet's pod conditions and
 container statuses of a pod with a native sidecar; the Job controller's ``status.ready``) and
 Kueue v0.18.6 / v0.19.2 (``pkg/controller/jobframework/reconciler.go``
 generatePodsReadyCondition; ``pkg/controller/core/workload_controller.go``
