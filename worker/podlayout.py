@@ -55,7 +55,7 @@ def _shared_devices(spec: Json) -> bool:
 def pods_ready_timeout(why: str, *objects: Json | None) -> str:
     """Return the system log of a PodsReadyTimeout eviction: what ended it, and what to change."""
     spec = pod_spec(*objects)
-    if ready(*objects):
+    if ready(*objects) or not spec:  # (no spec at hand: nothing more can be said)
         return (
             f"evicted by Kueue ({why}): the task pod was not Ready within the cluster's "
             "waitForPodsReady timeout (its images may be slow to pull, or no node could take "

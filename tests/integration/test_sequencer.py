@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from tests.conftest import ROOT
 from worker import jobspec
 from worker.report import Report, read_report
 from worker.sequencer.setup import RUNNER
+
+#: Processes the tests started; whatever a failed test leaves is killed after it.
+_STARTED: list[subprocess.Popen[Any]] = []
 
 
 class Pod:
@@ -67,6 +72,7 @@ class Pod:
             stderr=subprocess.PIPE,
             text=True,
         )
+        _STARTED.append(self.sequencer)
 
     def runner(self, index: int, wrap: list[str] | None = None) -> subprocess.Popen[bytes]:
         """Start executor ``index``'s container: the runner under busybox, as in the pod."""
@@ -80,18 +86,22 @@ class Pod:
         command[3] = str(self.control)
         command[5:8] = [self.local(executor.get(k) or "") for k in ("stdin", "stdout", "stderr")]
         cwd = self.local(executor["workdir"]) if executor.get("workdir") else self.work
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*(wrap or []), *command],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own group: a test can kill a runner and its command
         )
+        _STARTED.append(proc)
+        return proc
 
     def finish(self) -> subprocess.Popen[bytes]:
         """Start `finish` with the job spec's script."""
         script = jobspec.FINISH_SCRIPT.replace(jobspec.CONTROL, str(self.control))
-        return subprocess.Popen([str(self.control / "bin" / "busybox"), "sh", "-c", script])
+        proc = subprocess.Popen([str(self.control / "bin" / "busybox"), "sh", "-c", script])
+        _STARTED.append(proc)
+        return proc
 
     def wait_for(self, name: str) -> None:
         """Wait until the sequencer has written /tes/``name``."""
@@ -149,6 +159,18 @@ def _task(**extra: Any) -> dict[str, Any]:
 
 
 LAYOUTS = pytest.mark.parametrize("layout", ["init", "ready"])
+
+
+@pytest.fixture(autouse=True)
+def _cleanup() -> Iterator[None]:
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a runner leads its group: its command too
+            proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from tests.integration.test_watcher import (
     admitted,
     complete,
     cond,
+    evicted,
     job,
     observe,
     pod,
@@ -183,3 +184,59 @@ def test_ready_pod_runs_to_complete_with_logs_from_container_statuses(world: Wor
         (0, "done\n"),
     ]
     assert world.store.get(task) is not None and world.store.get(task).state is State.COMPLETE
+
+
+def test_pods_ready_timeout_of_an_init_layout_task_is_explained_in_the_attempt(
+    world: World,
+) -> None:
+    """Kueue evicts an init-layout GPU task with PodsReadyTimeout: the attempt says why."""
+    task = world.task()
+    world.cluster.logs[(task, "sequencer")] = log(*STAGED, RUNNING_0)
+    first = pod_run_init(task)
+    workload = f"job-tes-{task}-3f9a1"
+    message = f"Exceeded the PodsReady timeout kueue-tes-tasks/{workload}"
+    not_ready = cond("PodsReady", "False", "WaitForStart", "Not all pods are ready or succeeded")
+    out = evicted(task, "PodsReadyTimeout", message, 320, waiting=message)
+    out["status"]["conditions"] += [
+        not_ready,
+        cond("Requeued", "False", "PodsReadyTimeout", message),
+    ]
+    template = {"spec": first["spec"]}  # the Job's and the Workload's, as the API returns them
+    resumed, suspended = job(task, suspended=False), job(task)
+    for obj in (resumed, suspended):
+        obj["spec"]["template"] = template
+    out["spec"]["podSets"] = [{"name": "main", "count": 1, "template": template}]
+    world.cluster.load(
+        [
+            observe(10, admitted(task, 10)),
+            observe(10, resumed),
+            observe(11, first),
+            observe(320, out),
+            observe(320, suspended),
+        ]
+    )
+    world.play(watcher(world))
+    assert world.moves(task) == ["INITIALIZING", "RUNNING", "QUEUED"]
+    [attempt] = world.attempts(task)
+    assert attempt["metadata"]["evicted"] == "PodsReadyTimeout"
+    lines = [line for line in attempt["system_logs"] if "PodsReadyTimeout" in line]
+    assert len(lines) == 1, attempt["system_logs"]
+    line = lines[0]
+    assert line.startswith(
+        f"evicted by Kueue (PodsReadyTimeout: {message}): the cluster's waitForPodsReady timeout "
+        "ended this attempt: this task's executors run as init containers (it has several "
+        "executors that share GPUs"
+    ), line
+
+
+def pod_run_init(task_id: str) -> Json:
+    """An init-layout pod of two GPU executors, the first one running."""
+    out = pod(
+        task_id, "g9u1x", "Pending",
+        [{"name": "setup", "state": {"terminated": {"exitCode": 0}}}, running("sequencer", 11),
+         running("executor-0", 12)],
+        [{"name": "finish", "state": {"waiting": {"reason": "PodInitializing"}}}], 11,
+    )  # fmt: skip
+    for container in out["spec"]["initContainers"][2:]:
+        container["resources"]["limits"]["nvidia.com/gpu"] = "1"
+    return out
