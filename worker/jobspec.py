@@ -32,8 +32,8 @@ MAX_EXEC_TIME = "kueue.x-k8s.io/max-exec-time-seconds"
 #: `finish` waits for the sequencer's verdict and turns it into its exit code. The sequencer
 #: wakes it through its FIFO (read-write: the open never blocks); the timeout is a safeguard.
 FINISH_SCRIPT = f"""\
-exec 3<>{FINISH_WAKE}
-while [ ! -s {CONTROL}/verdict ]; do read -t 30 -r x <&3; done
+if [ -p {FINISH_WAKE} ]; then exec 3<>{FINISH_WAKE}; else exec 3<&-; fi
+while [ ! -s {CONTROL}/verdict ]; do read -t 30 -r x <&3 2>/dev/null || {BUSYBOX} sleep 0.05; done
 case "$({BUSYBOX} cat {CONTROL}/verdict)" in
   COMPLETE) exit 0 ;;
   EXECUTOR_ERROR) exit 1 ;;

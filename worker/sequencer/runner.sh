@@ -213,7 +213,11 @@ __tr_await() {
         if [ "$__tr_readt" = 1 ]; then
             read -t "$__tr_nap" -r __tr_x <&8
         else
-            bb timeout "$__tr_nap" bb head -c 1 <&8 >/dev/null 2>&1 7>&- &
+            if [ -n "$__tr_bb" ]; then
+                "$__tr_bb" timeout "$__tr_nap" "$__tr_bb" head -c 1 <&8 >/dev/null 2>&1 7>&- &
+            else
+                timeout "$__tr_nap" head -c 1 <&8 >/dev/null 2>&1 7>&- &
+            fi
             __tr_pid=$!
             __tr_wait "$__tr_pid"
             __tr_pid=
