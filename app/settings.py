@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     stage_in_timeout_seconds: int = Field(
         default=86_400,
-        description="Longest stage-in before the task pod is failed (the `init` pod layout).",
+        description="Longest stage-in; then the attempt ends in SYSTEM_ERROR and says so.",
     )
     pod_layout: str = Field(
         default="ready",

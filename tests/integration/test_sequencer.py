@@ -40,6 +40,7 @@ class Pod:
             (self.task_dir / name).write_text(text)
         self.task, self.file_roots, self.layout = task, file_roots, layout
         self.sequencer: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] = {}  # more of the sequencer's environment
 
     def local(self, path: str) -> str:
         """Where a container path lives in the work volume."""
@@ -63,6 +64,7 @@ class Pod:
             KUEUE_TES_TASK_DIR=str(self.task_dir),
             KUEUE_TES_SEQUENCER_EXIT="1",
             KUEUE_TES_FILE_ROOTS=self.file_roots,
+            **self.env,
         )
         self.sequencer = subprocess.Popen(
             [sys.executable, "-m", "worker.sequencer"],
@@ -349,4 +351,29 @@ def test_unwritable_control_volume_ends_the_attempt(tmp_path: Path, layout: str)
     expected = f"executor 0 did not run: its runner stopped (control directory {control} is not"
     assert any(
         line.startswith(expected) and "runAsUser and fsGroup" in line for line in report.system_logs
+    ), report.system_logs
+
+
+def test_ready_stage_in_timeout_ends_the_attempt(tmp_path: Path) -> None:
+    """No probe bounds stage-in in the ready layout: the sequencer does, and says so."""
+    from tests.integration.test_e2e_layouts import HeldInput
+
+    with HeldInput() as held:
+        task = _task(
+            inputs=[{"path": "/data/in.txt", "url": held.url}],
+            executors=[{"image": "x", "command": ["touch", str(tmp_path / "ran")]}],
+        )
+        pod = Pod(tmp_path, task, layout="ready")
+        pod.env["KUEUE_TES_STAGE_IN_TIMEOUT_SECONDS"] = "1"
+        pod.start()
+        runner, finish = pod.runner(0), pod.finish()
+        pod.wait_for("verdict")
+        held.release.set()  # the abandoned download may end now; the sequencer can exit
+        runner.communicate(timeout=10)
+        assert finish.wait(timeout=10) == 2
+        report, verdict = pod.report()
+    assert verdict == "SYSTEM_ERROR" and not (tmp_path / "ran").exists()
+    assert report.system_logs[0] == (
+        "stage-in took longer than 1 s (KUEUE_TES_STAGE_IN_TIMEOUT_SECONDS); check that the "
+        "inputs' servers answer, or ask the operator for more time"
     ), report.system_logs

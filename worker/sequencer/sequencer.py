@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from worker.sequencer.runners import Runners
 if TYPE_CHECKING:
     from app.settings import Settings
     from worker.sequencer.filers import FilerConfig
+    from worker.sequencer.filers import Outcome as Transfer
     from worker.sequencer.outputs import OutputFileLogDict
 
 # The settings, the filers and the task models (all pydantic) are imported where a task has
@@ -158,8 +161,15 @@ class Sequencer:
             from worker.sequencer import filers
 
             jobs = [lambda item=item: self._fetch(item) for item in items]
-            transfers = filers.transfer_all(jobs, self.parallelism)
-            for item, outcome in zip(items, transfers, strict=True):
+            transfers = self._within_timeout(lambda: filers.transfer_all(jobs, self.parallelism))
+            if transfers is None:
+                limit = self.settings.stage_in_timeout_seconds
+                errors.append(
+                    f"stage-in took longer than {limit} s (KUEUE_TES_STAGE_IN_TIMEOUT_SECONDS); "
+                    "check that the inputs' servers answer, or ask the operator for more time"
+                )
+                transfers = []
+            for item, outcome in zip(items, transfers, strict=False):
                 if outcome.error is not None:
                     where = filers.redact(item["url"]) if item.get("url") else "inline content"
                     errors.append(f"input {item['path']} from {where}: {outcome.error}")
@@ -174,6 +184,15 @@ class Sequencer:
         self.outcome.system_logs += errors
         self._mark("staged")
         self.runners.open_gate(0)
+
+    def _within_timeout(self, transfer: Callable[[], list[Transfer[None]]]) -> Any:
+        # In the init layout kubelet's startup probe also bounds stage-in; in the ready layout
+        # only this does. Transfers still running then are left behind: the attempt ends.
+        done: list[list[Transfer[None]]] = []
+        worker = threading.Thread(target=lambda: done.append(transfer()), daemon=True)
+        worker.start()
+        worker.join(self.settings.stage_in_timeout_seconds)
+        return done[0] if done else None
 
     def _fetch(self, item: Json) -> None:
         from app.models import FileType
