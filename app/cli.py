@@ -77,6 +77,8 @@ def _watcher(settings: Settings, task_store: Any, cluster: Any, task_queue: Any)
         grace_seconds=settings.resubmit_grace_seconds,
         image_pull_grace_seconds=settings.image_pull_grace_seconds,
         no_workload_seconds=settings.no_workload_seconds,
+        progress_seconds=settings.progress_seconds,
+        running_progress_seconds=settings.running_progress_seconds,
     )
 
 
@@ -101,6 +103,11 @@ def serve(settings: Settings) -> None:
         "KUEUE_TES_SIDECAR_CPU"
     ):
         local["sidecar_cpu"] = "0"
+    # Reading a local pod's log is reading a file: the ready layout's progress can be prompt.
+    if "progress_seconds" not in settings.model_fields_set and not os.environ.get(
+        "KUEUE_TES_PROGRESS_SECONDS"
+    ):
+        local["progress_seconds"] = 0.25
     settings = settings.model_copy(update=local)
     authenticator = _check_security(settings, "serve")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,15 @@ class Settings(BaseSettings):
         default="128Mi", description="Memory request and limit of our own containers."
     )
     stage_in_timeout_seconds: int = Field(
-        default=86_400, description="Longest stage-in before the task pod is failed."
+        default=86_400,
+        description="Longest stage-in; then the attempt ends in SYSTEM_ERROR and says so.",
+    )
+    pod_layout: str = Field(
+        default="ready",
+        description="Task pod layout (docs/task-pod.md): `ready` runs executors as main "
+        "containers that take turns, so the pod is Ready once it runs (Kueue's "
+        "waitForPodsReady); tasks with several executors that use GPUs still get `init`. "
+        "`init` runs every task's executors as init containers, one after the other.",
     )
     storage_secret: str | None = Field(
         default=None,
@@ -286,6 +294,17 @@ class Settings(BaseSettings):
         description="After this long with no Kueue Workload for a task's Job, its system logs "
         "say that Kueue does not seem to manage the namespace.",
     )
+    progress_seconds: float = Field(
+        default=5.0,
+        description="The `ready` pod layout shows no executor progress in pod status: the "
+        "watcher reads the sequencer's log of an INITIALIZING task with a Ready pod at most this "
+        "often, to see its first executor start (`kueue-tes serve`: 0.25 unless set).",
+    )
+    running_progress_seconds: float = Field(
+        default=60.0,
+        description="The same for RUNNING tasks, to record ended executors while the task runs "
+        "(`ready` layout); 0 reads their log only when the pod ends.",
+    )
 
     # -- security (docs/auth.md) ------------------------------------------------------------------
     auth: str = Field(
@@ -363,6 +382,14 @@ class Settings(BaseSettings):
         if not modes or not modes <= {"basic", "oidc"}:
             raise ValueError(f"'{value}' is not none, basic, oidc or basic,oidc")
         return ",".join(sorted(modes))
+
+    @field_validator("pod_layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("ready", "init"):
+            raise ValueError(f"'{value}' is not ready or init")
+        return value
 
     @field_validator("oidc_audience", "admins", mode="before")
     @classmethod

@@ -1,21 +1,22 @@
 """The task pod as manifests: task → ConfigMap and suspended Job (pure; design section 7).
 
-See docs/task-pod.md for the contract these manifests carry.
+See docs/task-pod.md for the contract these manifests carry, and its two layouts: ``ready``
+(executors are main containers that wait for their turn, so the pod is Ready once it runs) and
+``init`` (executors are init containers, one after the other).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from app import policy
 from app.policy import Placement
 from app.settings import Settings
 from worker.cluster.base import MANAGED_BY, QUEUE_NAME, TASK_ID
+from worker.mounts import Mount, plan_mounts
 
 CONTROL = "/tes"
 WORK = "/kueue-tes/work"
@@ -24,13 +25,15 @@ SEQUENCER_TMP = "/kueue-tes/tmp"
 BUSYBOX = f"{CONTROL}/bin/busybox"
 RUNNER = f"{CONTROL}/bin/runner.sh"
 STAGED = f"{CONTROL}/staged"
+FINISH_WAKE = f"{CONTROL}/finish.wake"
 PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 MAX_EXEC_TIME = "kueue.x-k8s.io/max-exec-time-seconds"
-_WILDCARDS = frozenset("*?[")
 
-#: `finish` waits for the sequencer's verdict and turns it into its exit code.
+#: `finish` waits for the sequencer's verdict and turns it into its exit code. The sequencer
+#: wakes it through its FIFO (read-write: the open never blocks); the timeout is a safeguard.
 FINISH_SCRIPT = f"""\
-while [ ! -s {CONTROL}/verdict ]; do {BUSYBOX} sleep 0.05; done
+if [ -p {FINISH_WAKE} ]; then exec 3<>{FINISH_WAKE}; else exec 3<&-; fi
+while [ ! -s {CONTROL}/verdict ]; do read -t 30 -r x <&3 2>/dev/null || {BUSYBOX} sleep 0.05; done
 case "$({BUSYBOX} cat {CONTROL}/verdict)" in
   COMPLETE) exit 0 ;;
   EXECUTOR_ERROR) exit 1 ;;
@@ -39,19 +42,7 @@ esac
 """
 
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True, order=True)
-class Mount:
-    """One piece of the work volume that executors mount at ``path``."""
-
-    path: str
-    kind: Literal["dir", "file"]
-
-    @property
-    def sub_path(self) -> str:
-        """Where the piece lives in the work volume."""
-        return "fs" + self.path.rstrip("/")
+Layout = Literal["ready", "init"]
 
 
 def job_name(task_id: str) -> str:
@@ -59,59 +50,23 @@ def job_name(task_id: str) -> str:
     return f"tes-{task_id}"
 
 
-def _wildcard_dir(path: str) -> str:
-    parts = path.split("/")
-    for i, part in enumerate(parts):
-        if any(c in _WILDCARDS for c in part):
-            return "/".join(parts[:i]) or "/"
-    return posixpath.dirname(path)
-
-
-def _norm(path: str) -> str:
-    return posixpath.normpath(path)
-
-
-def plan_mounts(task: Json) -> list[Mount]:
-    """Return the work-volume mounts every executor gets, nested paths collapsed."""
-    wanted: dict[str, Literal["dir", "file"]] = {}
-
-    def want(path: str, kind: Literal["dir", "file"]) -> None:
-        path = _norm(path)
-        if wanted.get(path) != "dir":
-            wanted[path] = kind
-
-    for item in task.get("inputs", ()):
-        want(item["path"], "dir" if item.get("type") == "DIRECTORY" else "file")
-    for item in task.get("outputs", ()):
-        path = item["path"]
-        if any(c in _WILDCARDS for c in path):
-            want(_wildcard_dir(path), "dir")
-        elif item.get("type") == "DIRECTORY":
-            want(path, "dir")
-        else:
-            want(posixpath.dirname(_norm(path)), "dir")
-    for volume in task.get("volumes", ()):
-        want(volume, "dir")
-    for executor in task.get("executors", ()):
-        if executor.get("stdin"):
-            want(executor["stdin"], "file")
-        for stream in ("stdout", "stderr"):
-            if executor.get(stream):
-                want(posixpath.dirname(_norm(executor[stream])), "dir")
-    if "/" in wanted:
-        raise ValueError("a mount at / would hide the image; put files in a directory")
-    dirs = sorted(p for p, kind in wanted.items() if kind == "dir")
-    kept: list[Mount] = []
-    for path in sorted(wanted):
-        inside = any(path != d and path.startswith(d.rstrip("/") + "/") for d in dirs)
-        if not inside:
-            kept.append(Mount(path, wanted[path]))
-    return kept
-
-
 def _mebibytes(gigabytes: float) -> str:
     # TES sizes are in GB; we read them as GiB and round up, so a task never gets less.
     return f"{math.ceil(gigabytes * 1024)}Mi"
+
+
+def layout(task: Json, place: Placement, settings: Settings) -> Layout:
+    """Return the pod layout of a task (docs/task-pod.md).
+
+    ``ready`` unless the operator asks for ``init`` everywhere, or the task has several
+    executors that use GPUs: a device plugin's GPUs pass from one container to the next only
+    between init containers, never between main containers.
+    """
+    if settings.pod_layout == "init":
+        return "init"
+    if place.gpus and place.gpu_resource and len(task["executors"]) > 1:
+        return "init"
+    return "ready"
 
 
 def _executor_resources(task: Json, place: Placement) -> Json:
@@ -131,6 +86,16 @@ def _executor_resources(task: Json, place: Placement) -> Json:
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}
 
 
+def _rider_resources(first: Json) -> Json:
+    # The ready layout: executors after the first run while the first one idles, so they ask
+    # for nothing more; the first one's memory limit holds each of them to ram_gb.
+    out: Json = {"requests": {"cpu": "0", "memory": "0"}}
+    memory = (first.get("limits") or {}).get("memory")
+    if memory:
+        out["limits"] = {"memory": memory}
+    return out
+
+
 #: Our own containers (setup, sequencer, finish) need no privilege at all.
 UNPRIVILEGED: Json = {
     "runAsNonRoot": True,
@@ -141,9 +106,11 @@ UNPRIVILEGED: Json = {
 }
 
 
-def _ours(settings: Settings) -> Json:
+def _ours(settings: Settings, idle: bool = False) -> Json:
+    # `finish` of the ready layout waits on a FIFO all along: it asks for nothing.
+    cpu, memory = ("0", "0") if idle else (settings.sidecar_cpu, settings.sidecar_memory)
     return {
-        "requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
+        "requests": {"cpu": cpu, "memory": memory},
         "limits": {"memory": settings.sidecar_memory},
     }
 
@@ -161,14 +128,12 @@ def runner_command(index: int, executor: Json) -> list[str]:
     ]  # fmt: skip
 
 
-def _executor(
-    index: int, executor: Json, task: Json, mounts: list[Mount], place: Placement
-) -> Json:
+def _executor(index: int, executor: Json, mounts: list[Mount], resources: Json) -> Json:
     container: Json = {
         "name": f"executor-{index}",
         "image": executor["image"],
         "command": runner_command(index, executor),
-        "resources": _executor_resources(task, place),
+        "resources": resources,
         "volumeMounts": [_control_mount()]
         + [{"name": "work", "mountPath": m.path, "subPath": m.sub_path} for m in mounts],
         "terminationMessagePolicy": "File",
@@ -217,7 +182,7 @@ def _file_root_volumes(settings: Settings) -> list[Json]:
     ]
 
 
-def _sequencer(settings: Settings, host_env: Mapping[str, str] | None) -> Json:
+def _sequencer(settings: Settings, host_env: Mapping[str, str] | None, shape: Layout) -> Json:
     container: Json = {
         "name": "sequencer",
         "image": settings.image,
@@ -238,12 +203,14 @@ def _sequencer(settings: Settings, host_env: Mapping[str, str] | None) -> Json:
                 for v in _file_root_volumes(settings)
             ),
         ],
-        "startupProbe": {
+    }
+    if shape == "init":
+        # Init executors start once this probe passes: after stage-in, on the probe's period.
+        container["startupProbe"] = {
             "exec": {"command": ["test", "-e", STAGED]},
             "periodSeconds": 1,
             "failureThreshold": max(1, settings.stage_in_timeout_seconds),
-        },
-    }
+        }
     if settings.storage_secret:
         container["envFrom"] = [{"secretRef": {"name": settings.storage_secret}}]
     return container
@@ -325,10 +292,34 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
     task_id = task["id"]
     mounts = plan_mounts(task)
     place = placement(task, settings)
+    shape = layout(task, place, settings)
     resources = task.get("resources") or {}
     work: Json = {"name": "work", "emptyDir": {}}
     if resources.get("disk_gb"):
         work["emptyDir"]["sizeLimit"] = _mebibytes(resources["disk_gb"])
+    first = _executor_resources(task, place)
+    executors = [
+        _executor(i, ex, mounts, first if i == 0 or shape == "init" else _rider_resources(first))
+        for i, ex in enumerate(task["executors"])
+    ]
+    setup = [settings.pod_python, "-m", "worker.sequencer.setup", CONTROL]
+    setup += ["--executors", str(len(executors))]
+    setup_mounts = [_control_mount()]
+    if shape == "ready":
+        # Executors' subPaths are bound before stage-in: setup creates them first.
+        setup += ["--gates", "--plan", f"{TASK_DIR}/plan.json", "--work", WORK]
+        setup_mounts += [
+            {"name": "work", "mountPath": WORK},
+            {"name": "task", "mountPath": TASK_DIR, "readOnly": True},
+        ]
+    finish = {
+        "name": "finish",
+        "image": settings.image,
+        "command": [BUSYBOX, "sh", "-c", FINISH_SCRIPT],
+        "resources": _ours(settings, idle=shape == "ready"),
+        "securityContext": UNPRIVILEGED,
+        "volumeMounts": [_control_mount()],
+    }
     pod_spec: Json = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -338,24 +329,15 @@ def build_job(task: Json, settings: Settings, host_env: Mapping[str, str] | None
             {
                 "name": "setup",
                 "image": settings.image,
-                "command": [settings.pod_python, "-m", "worker.sequencer.setup", CONTROL],
+                "command": setup,
                 "resources": _ours(settings),
                 "securityContext": UNPRIVILEGED,
-                "volumeMounts": [_control_mount()],
+                "volumeMounts": setup_mounts,
             },
-            _sequencer(settings, host_env),
-            *(_executor(i, ex, task, mounts, place) for i, ex in enumerate(task["executors"])),
+            _sequencer(settings, host_env, shape),
+            *(executors if shape == "init" else []),
         ],
-        "containers": [
-            {
-                "name": "finish",
-                "image": settings.image,
-                "command": [BUSYBOX, "sh", "-c", FINISH_SCRIPT],
-                "resources": _ours(settings),
-                "securityContext": UNPRIVILEGED,
-                "volumeMounts": [_control_mount()],
-            }
-        ],
+        "containers": [*(executors if shape == "ready" else []), finish],
         "volumes": [
             {"name": "control", "emptyDir": {}},
             work,

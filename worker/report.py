@@ -20,6 +20,17 @@ class Report:
     executors: list[Json] = field(default_factory=list)
     outputs: list[Json] = field(default_factory=list)
     system_logs: list[str] = field(default_factory=list)
+    started: dict[int, str | None] = field(default_factory=dict)  # `running` events: start times
+
+    @property
+    def ran(self) -> bool:
+        """Tell whether an executor started (skipped executors never ran)."""
+        return bool(self.started or self.executors)
+
+    def progress(self) -> list[Json]:
+        """Return ExecutorLogs of the executors that ended, without their output tails."""
+        keys = ("exit_code", "start_time", "end_time")
+        return [{k: e[k] for k in keys if k in e} for e in self.executors if "exit_code" in e]
 
 
 def read_report(log: str) -> Report:
@@ -35,7 +46,9 @@ def read_report(log: str) -> Report:
             continue
         kind = event.get("event")
         report.system_logs += [str(s) for s in event.get("system_logs") or ()]
-        if kind == "executor" and not event.get("skipped"):
+        if kind == "running" and isinstance(event.get("index"), int):
+            report.started[event["index"]] = event.get("start_time")
+        elif kind == "executor" and not event.get("skipped"):
             entry = {k: event[k] for k in _EXECUTOR_KEYS if event.get(k) is not None}
             by_index[int(event.get("index", len(by_index)))] = entry
         elif kind == "outputs":

@@ -21,7 +21,9 @@ from datetime import datetime
 from typing import Any
 
 from app.models import State
+from worker import podlayout
 from worker.cluster.base import QUEUE_NAME
+from worker.report import Report
 
 Json = dict[str, Any]
 
@@ -52,6 +54,7 @@ class Objects:
     pod: Json | None = None
     workload: Json | None = None
     events: tuple[Json, ...] = ()  # Warning Events about the Job, where the cluster gives them
+    report: Report | None = None  # the sequencer's report so far (ready layout, worker.progress)
 
     @property
     def gone(self) -> bool:
@@ -170,8 +173,10 @@ def _object(text: object) -> Json:
 
 
 def _executors(pod: Json | None) -> list[Json]:
-    init = _statuses(pod, "initContainerStatuses")
-    return [s for s in init if str(s.get("name", "")).startswith("executor-")]
+    # init containers in the init layout, main containers in the ready one (kubelet sorts
+    # those by name: executor-10 before executor-2)
+    found = [s for s in _statuses(pod) if str(s.get("name", "")).startswith("executor-")]
+    return sorted(found, key=lambda s: int(n) if (n := str(s["name"])[9:]).isdigit() else 0)
 
 
 def _ran(status: Json) -> bool:
@@ -212,7 +217,7 @@ def _priority_missing(objects: Objects) -> Decision | None:
     return Decision(State.SYSTEM_ERROR, [text], finished=True)
 
 
-def _evicted(workload: Json | None) -> Decision | None:
+def _evicted(workload: Json | None, objects: Objects) -> Decision | None:
     cond = condition(workload, "Evicted") or {}
     if cond.get("status") != "True":
         return None
@@ -226,7 +231,10 @@ def _evicted(workload: Json | None) -> Decision | None:
         return Decision(State.SYSTEM_ERROR, [f"Kueue stopped the task: {hint} ({why})"], None, True)
     # Kueue first gives the eviction as the reason it waits: say that only once.
     again = [w for w in _waiting(workload) if w != WAITING_KUEUE + str(cond.get("message"))]
-    logs = [f"evicted by Kueue ({why}); the task waits to run again", *again]
+    first = f"evicted by Kueue ({why}); the task waits to run again"
+    if cond.get("reason") == podlayout.PODS_READY_TIMEOUT:
+        first = podlayout.pods_ready_timeout(why, objects.pod, objects.job, workload)
+    logs = [first, *again]
     return Decision(State.QUEUED, logs, requeued=True)
 
 
@@ -345,7 +353,7 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
     if objects.gone:
         return Decision()
     workload, pod, job = objects.workload, objects.pod, objects.job
-    refused = _priority_missing(objects) or _evicted(workload)
+    refused = _priority_missing(objects) or _evicted(workload, objects)
     if refused is not None:
         return refused
     if not _true(workload, "Admitted") and (job or {}).get("spec", {}).get("suspend", True):
@@ -356,6 +364,11 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
     if failed is not None:
         return failed
     notes = _pod_notes(pod, timing)
+    if podlayout.ready(pod):  # every container runs from the start: the report tells
+        report = objects.report
+        ran = report is not None and report.ran
+        logs = report.progress() if report is not None else []
+        return Decision(State.RUNNING if ran else State.INITIALIZING, notes, logs or None)
     if any(_ran(s) for s in _executors(pod)):
         return Decision(State.RUNNING, notes, executor_logs=executor_logs(pod))
     return Decision(State.INITIALIZING, notes)

@@ -27,6 +27,7 @@ from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
 from worker import states
 from worker.cluster.base import Cluster, ClusterError, Observation
+from worker.progress import Progress
 from worker.report import Report, read_report
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Watcher:
         image_pull_grace_seconds: float = 300.0,
         no_workload_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
+        progress_seconds: float = 5.0,
+        running_progress_seconds: float = 60.0,
     ) -> None:
         """Watch ``cluster`` for ``store``; ``resubmit`` and ``recancel`` re-enqueue lost work."""
         self.store, self.cluster = store, cluster
@@ -98,6 +101,8 @@ class Watcher:
         self._deleted: dict[str, float] = {}  # task → when we asked to delete its Job
         self._canceling: dict[str, float] = {}  # task → when its cancel was last (re)enqueued
         self._stop = threading.Event()
+        read = lambda task_id: self._read(task_id, states.SEQUENCER, REPORT_LIMIT)  # noqa: E731
+        self.progress = Progress(read, clock, progress_seconds, running_progress_seconds)
 
     # -- observations -----------------------------------------------------------------------
 
@@ -114,6 +119,7 @@ class Watcher:
             log.warning("task %s: cluster error while reconciling: %s", obs.task_id, exc)
 
     def _forget(self, task_id: str) -> None:
+        self.progress.forget(task_id)
         self.objects.pop(task_id, None)
         self.first_seen.pop(task_id, None)
         self._deleted.pop(task_id, None)
@@ -130,6 +136,7 @@ class Watcher:
         pod = _name(objects.pod)
         if pod is not None and pod in _old_pods(record.doc["logs"]):
             objects, pod = replace(objects, pod=None), None  # an evicted attempt's, going away
+        objects = replace(objects, report=self.progress.report(task_id, record.state, objects))
         decision = states.decide(record.state, objects, self._timing(task_id, objects))
         record, index = self._current(record, index, pod, decision)
         note = ((objects.pod or {}).get("metadata") or {}).get("annotations", {}).get(RUNTIME_NOTE)
@@ -384,10 +391,11 @@ class Watcher:
                 elif time.monotonic() - last_sweep >= min(resync_seconds, self.grace_seconds):
                     self.sweep()
                     last_sweep = time.monotonic()
-                for obs in self.cluster.watch(poll_seconds):
+                for obs in self.cluster.watch(self.progress.wait(poll_seconds)):
                     if self._stop.is_set() or (leader is not None and not leader()):
                         break
                     self.apply(obs)
+                self.read_progress()
             except Exception as exc:
                 # One bad observation must not stop the watcher; the next resync repairs. A
                 # cluster error is expected now and then: no traceback for it.
@@ -395,6 +403,12 @@ class Watcher:
                 report("watcher iteration failed (%s); resyncing", exc)
                 last_resync = float("-inf")
                 self._stop.wait(poll_seconds)
+
+    def read_progress(self) -> None:
+        """Reconcile the tasks whose sequencer report is due to be read again (no event comes)."""
+        for task_id in self.progress.due():
+            if task_id in self.objects:
+                self.reconcile(task_id, self.objects[task_id])
 
     def stop(self) -> None:
         """Ask run() to return."""

@@ -1,4 +1,5 @@
-"""The local runtime benchmark of design section 14: per-executor overhead, task throughput.
+"""The local runtime benchmark of design section 14: per-executor overhead, task throughput,
+and the fixed cost of a task (one `true` executor) next to its sandboxes run by hand.
 
 Everything goes through the HTTP API of a real ``kueue-tes serve`` (API, embedded queue and
 worker, watcher, local runtime in one process), the way a user runs it.
@@ -22,12 +23,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks.handrun import run_pod_by_hand
 from tests.benchmarks.harness import HOST, ROOT, Row, _stop, _tail, free_port, note
 
 TASKS = "/ga4gh/tes/v1/tasks"
 SERVICE_INFO = "/ga4gh/tes/v1/service-info"
 EXECUTORS = 20
 MAX_OVERHEAD_MS = 50.0
+MAX_FIXED_SECONDS = 0.3
+FIXED_SAMPLES = 5  # one-executor tasks per round, each after its pod run by hand
 TERMINAL = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
 #: The image is recorded and ignored by the local runtime: ``true`` is the host's.
 TRUE = {"image": "busybox", "command": ["true"]}
@@ -300,11 +304,17 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
             runs: list[TaskRun] = []
             direct: list[float] = []
             parts: list[tuple[float, float]] = []
+            singles: list[TaskRun] = []
+            by_hand: list[float] = []
             for i in range(rounds):
                 note(f"runtime: {EXECUTORS} executors, round {i + 1} of {rounds}")
                 direct.append(run_directly(EXECUTORS))
                 parts.append(run_parts(EXECUTORS, work / "control"))
                 runs.append(run_task(client, body))
+                note(f"runtime: one-executor tasks and their pods by hand, round {i + 1}")
+                for _ in range(FIXED_SAMPLES):
+                    by_hand.append(run_pod_by_hand(work, [TRUE]))
+                    singles.append(run_task(client, {"name": "fixed", "executors": [TRUE]}))
             note(f"runtime: {tasks} trivial tasks at once, default quota")
             default = burst(client, tasks, "default")
         with serve(work, {"KUEUE_TES_LOCAL_CPU": f"{raised_cpu:g}"}) as client:
@@ -323,6 +333,9 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
     best = min(run.span - ref for run, ref in zip(runs, direct, strict=True)) / EXECUTORS
     fixed = statistics.median(run.end_to_end - run.span for run in runs)
     cpu = os.cpu_count() or 1
+    hand = statistics.median(by_hand)
+    single = statistics.median(run.end_to_end for run in singles)
+    single_fixed = statistics.median(run.end_to_end - run.span for run in singles)
     return [
         Row("load average (1 min): start -> end", f"{load:.1f} -> {os.getloadavg()[0]:.1f}"),
         Row(f"{EXECUTORS} x `true` run directly (subprocess, sequential)", _each(reference)),
@@ -349,6 +362,27 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
         Row("fixed per-task overhead = end to end - span", _ms(fixed)),
         Row("  CreateTask -> 1st executor start (setup, sequencer)", _ms(median("startup"))),
         Row("  last executor end -> COMPLETE seen by the client", _ms(median("teardown"))),
+        Row(
+            f"one `true` executor: its pod's sandboxes run by hand (median of {len(by_hand)})",
+            _ms(hand),
+        ),
+        Row(
+            "one `true` executor: CreateTask -> COMPLETE through kueue-tes serve",
+            _ms(single),
+            reference=_ms(hand),
+            ratio=f"{single / hand:.2f}x",
+        ),
+        Row(
+            "fixed cost of a task = end to end - executor span (one `true` executor)",
+            _ms(single_fixed),
+            target=f"<= {MAX_FIXED_SECONDS * 1000:g} ms",
+            ok=single_fixed <= MAX_FIXED_SECONDS,
+        ),
+        Row("  of it, the server's share = end to end - pod by hand", _ms(single - hand)),
+        Row(
+            "  CreateTask -> executor start (one `true` executor)",
+            _ms(statistics.median(run.startup for run in singles)),
+        ),
         Row("pod of a one-executor task requests (admission)", pod_request()),
         Row(
             f"throughput, quota cpu={cpu} (default) [{default.at_once} at once]",

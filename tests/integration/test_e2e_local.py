@@ -506,7 +506,10 @@ def test_cancel_a_running_executor_leaves_no_process(world: World) -> None:
             f"the executor never started:\n{show(task)}\n{server.lines_about(task_id)}"
         )
         time.sleep(0.05)
-    assert server.get(task_id)["state"] == "RUNNING"
+    # The ready layout: RUNNING comes from the sequencer's report, read every 0.25 s here.
+    while server.get(task_id)["state"] != "RUNNING":
+        assert time.monotonic() < deadline, server.history[task_id]
+        time.sleep(0.05)
     server.cancel(task_id)
     assert server.get(task_id)["state"] == "CANCELING", server.history[task_id]
     task = server.wait(task_id, timeout=30)

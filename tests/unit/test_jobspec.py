@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ import yaml
 
 from app.settings import Settings
 from worker import jobspec
+from worker.cluster.local import quantity
 from worker.cluster.local.admission import pod_requests
-from worker.jobspec import Mount
+from worker.mounts import Mount
 
 GOLDEN = Path(__file__).parent / "golden"
+Json = dict[str, Any]
 SETTINGS = Settings(data_dir=Path("/nonexistent"), mongo_uri=None, redis_url=None)
 #: An operator policy with GPUs of two kinds, a run-time cap and preemptible capacity.
 POLICY = SETTINGS.model_copy(
@@ -91,7 +94,15 @@ TASKS: dict[str, dict[str, Any]] = {
         ],
     },
 }
-GOLDEN_SETTINGS = {"kueue": POLICY}
+TASKS["pipeline-init"] = TASKS["pipeline"]
+INIT = SETTINGS.model_copy(update={"pod_layout": "init"})
+GOLDEN_SETTINGS = {"kueue": POLICY, "pipeline-init": INIT}
+
+
+def _executors(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        c for c in [*pod["initContainers"], *pod["containers"]] if c["name"].startswith("executor-")
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -110,16 +121,22 @@ def test_golden(name: str) -> None:
 
 
 def test_pod_layout() -> None:
-    """setup, the sequencer sidecar, one init container per executor, then finish."""
+    """ready: setup, the sequencer sidecar (no probe), then executors and finish as main."""
     job = jobspec.build_job(TASKS["pipeline"], SETTINGS)
     spec = job["spec"]
     pod = spec["template"]["spec"]
-    names = [c["name"] for c in pod["initContainers"]]
-    assert names == ["setup", "sequencer", "executor-0", "executor-1"]
-    assert [c["name"] for c in pod["containers"]] == ["finish"]
+    assert [c["name"] for c in pod["initContainers"]] == ["setup", "sequencer"]
+    names = [c["name"] for c in pod["containers"]]
+    assert names == ["executor-0", "executor-1", "finish"]
     sequencer = pod["initContainers"][1]
     assert sequencer["restartPolicy"] == "Always"
-    assert sequencer["startupProbe"]["exec"]["command"] == ["test", "-e", "/tes/staged"]
+    assert "startupProbe" not in sequencer  # nothing waits for a probe period
+    setup = pod["initContainers"][0]
+    assert setup["command"][3:] == [
+        "/tes", "--executors", "2", "--gates",
+        "--plan", "/kueue-tes/task/plan.json", "--work", "/kueue-tes/work",
+    ]  # fmt: skip
+    assert {m["name"] for m in setup["volumeMounts"]} == {"control", "work", "task"}
     assert spec["suspend"] is True and spec["backoffLimit"] == 0
     assert spec["podFailurePolicy"]["rules"][0] == {
         "action": "Ignore",
@@ -136,10 +153,44 @@ def test_pod_layout() -> None:
     assert minimal["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == SETTINGS.default_queue
 
 
+def test_init_layout() -> None:
+    """init: executors are init containers after the sequencer, whose probe gates them."""
+    pod = jobspec.build_job(TASKS["pipeline"], INIT)["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["initContainers"]]
+    assert names == ["setup", "sequencer", "executor-0", "executor-1"]
+    assert [c["name"] for c in pod["containers"]] == ["finish"]
+    sequencer = pod["initContainers"][1]
+    assert sequencer["startupProbe"]["exec"]["command"] == ["test", "-e", "/tes/staged"]
+    assert pod["initContainers"][0]["command"][3:] == ["/tes", "--executors", "2"]
+    first, second = _executors(pod)
+    assert first["resources"] == second["resources"]  # each asks for the whole task
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+
+
+def test_layout_choice() -> None:
+    """ready unless several executors use GPUs, or the operator sets init for every task."""
+    gpus = {"backend_parameters": {"gpus": "1"}}
+    one, two = [{"image": "a", "command": ["x"]}], [{"image": "a", "command": ["x"]}] * 2
+
+    def shape(settings: Settings, executors: list[Json], **resources: Any) -> str:
+        task = dict(TASKS["minimal"], executors=executors, resources=resources)
+        return jobspec.layout(task, jobspec.placement(task, settings), settings)
+
+    assert shape(POLICY, one) == shape(POLICY, two) == "ready"
+    assert shape(POLICY, one, **gpus) == "ready"  # one executor keeps its GPU all along
+    assert shape(POLICY, two, **gpus) == "init"  # GPUs pass between init containers only
+    assert shape(POLICY, two, backend_parameters={"gpus": "0"}) == "ready"
+    policy_init = POLICY.model_copy(update={"pod_layout": "init"})
+    assert shape(policy_init, one) == shape(policy_init, two) == "init"
+    assert Settings(pod_layout=" INIT ").pod_layout == "init"
+    with pytest.raises(ValueError, match="ready or init"):
+        Settings(pod_layout="sidecar")
+
+
 def test_executor_containers() -> None:
     """Executors run the runner with their argv exactly, their workdir, env and resources."""
     pod = jobspec.build_job(TASKS["pipeline"], SETTINGS)["spec"]["template"]["spec"]
-    first, second = pod["initContainers"][2:]
+    first, second = _executors(pod)
     assert first["image"] == "bwa"
     assert first["command"] == [
         "/tes/bin/busybox", "sh", "/tes/bin/runner.sh", "/tes", "0",
@@ -150,6 +201,11 @@ def test_executor_containers() -> None:
     assert first["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
     assert first["resources"] == {
         "requests": {"cpu": "4", "memory": "7680Mi", "ephemeral-storage": "20480Mi"},
+        "limits": {"memory": "7680Mi"},
+    }
+    # ready layout: the later executors run while the first idles; each is held to ram_gb
+    assert second["resources"] == {
+        "requests": {"cpu": "0", "memory": "0"},
         "limits": {"memory": "7680Mi"},
     }
     assert "args" not in first  # the image's entrypoint is never used: command is set
@@ -218,7 +274,7 @@ def _pod(task: dict[str, Any], settings: Settings = POLICY) -> dict[str, Any]:
 def test_gpus_on_every_executor_counted_once() -> None:
     """Each executor holds the task's GPUs (limits = requests); the pod counts them once."""
     pod = _pod(TASKS["kueue"])
-    executors = pod["initContainers"][2:]
+    executors = _executors(pod)
     for container in executors:
         assert container["resources"]["limits"]["amd.com/gpu"] == "2"
         assert container["resources"]["requests"]["amd.com/gpu"] == "2"
@@ -231,12 +287,12 @@ def test_gpus_on_every_executor_counted_once() -> None:
 def test_gpu_kind_defaults_to_the_first_offered() -> None:
     """Without gpu_type the default kind applies; gpus 0 asks for nothing."""
     pod = _pod(_with("minimal", backend_parameters={"gpus": "1"}))
-    assert pod["initContainers"][2]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert _executors(pod)[0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     chosen = POLICY.model_copy(update={"default_gpu_type": "amd"})
     pod = _pod(_with("minimal", backend_parameters={"gpus": "1"}), chosen)
-    assert pod["initContainers"][2]["resources"]["limits"] == {"amd.com/gpu": "1"}
+    assert _executors(pod)[0]["resources"]["limits"] == {"amd.com/gpu": "1"}
     pod = _pod(_with("minimal", backend_parameters={"gpus": "0", "gpu_type": "amd"}))
-    assert "limits" not in pod["initContainers"][2]["resources"]
+    assert "limits" not in _executors(pod)[0]["resources"]
 
 
 def test_gpu_kind_no_longer_offered_is_a_value_error() -> None:
@@ -293,3 +349,82 @@ def test_zones_become_required_node_affinity() -> None:
     }
     assert "affinity" not in _pod(_with("minimal", zones=[]))
     assert "affinity" not in _pod(TASKS["minimal"])
+
+
+# -- what Kueue and the scheduler charge for the pod ---------------------------------------------
+
+
+def k8s_pod_requests(pod: Json) -> dict[str, Decimal]:
+    """Kubernetes' PodRequests (k8s.io/component-helpers resource.AggregateContainerRequests).
+
+    Written here from its Go source, apart from the local runtime's own version: the main
+    containers' sum plus every restartable init container (sidecar); each init container counts
+    with the sidecars started before it; the pod needs the larger of the two, per resource. A
+    resource with only a limit requests its limit (the API server's defaulting).
+    """
+
+    def requests(container: Json) -> dict[str, Decimal]:
+        resources = container.get("resources") or {}
+        merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        return {name: quantity.parse(value) for name, value in merged.items()}
+
+    def add(into: dict[str, Decimal], more: dict[str, Decimal]) -> None:
+        for name, value in more.items():
+            into[name] = into.get(name, Decimal(0)) + value
+
+    def maximum(into: dict[str, Decimal], other: dict[str, Decimal]) -> None:
+        for name, value in other.items():
+            into[name] = max(into.get(name, Decimal(0)), value)
+
+    reqs: dict[str, Decimal] = {}
+    for container in pod.get("containers") or ():
+        add(reqs, requests(container))
+    sidecars: dict[str, Decimal] = {}
+    init: dict[str, Decimal] = {}
+    for container in pod.get("initContainers") or ():
+        own = requests(container)
+        if container.get("restartPolicy") == "Always":
+            add(reqs, own)
+            add(sidecars, own)
+            own = dict(sidecars)
+        else:
+            add(own, sidecars)
+        maximum(init, own)
+    maximum(reqs, init)
+    return {name: value for name, value in reqs.items() if value}
+
+
+MI = Decimal(1024**2)
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, INIT], ids=["ready", "init"])
+@pytest.mark.parametrize("name", ["minimal", "pipeline"])
+def test_pod_requests_are_the_task_once_plus_the_sidecar(name: str, settings: Settings) -> None:
+    """Both layouts: the pod costs the task's request once plus the sequencer's (docs/kueue.md)."""
+    pod = jobspec.build_job(TASKS[name], settings)["spec"]["template"]["spec"]
+    asked = TASKS[name].get("resources") or {}
+    cpu, memory = Decimal(asked.get("cpu_cores") or 1), Decimal(asked.get("ram_gb", 0) * 1024)
+    sidecar_cpu, sidecar_memory = Decimal("0.1"), 128 * MI
+    expected = {"cpu": cpu + sidecar_cpu, "memory": memory * MI + sidecar_memory}
+    if settings.pod_layout == "init":
+        # finish runs after the executors, beside the sequencer: two sidecar requests at least
+        expected["memory"] = max(expected["memory"], 2 * sidecar_memory)
+    if asked.get("disk_gb"):
+        expected["ephemeral-storage"] = Decimal(asked["disk_gb"] * 1024) * MI
+    assert k8s_pod_requests(pod) == expected
+    assert {k: Decimal(v) for k, v in pod_requests(pod).items()} == {
+        k: v * 1000 if k == "cpu" else v for k, v in expected.items()
+    }  # the local runtime's admission counts the same
+
+
+def test_pod_requests_count_gpus_once() -> None:
+    """GPUs: one executor in the ready layout, several sharing them in the init layout."""
+    single = dict(TASKS["kueue"], executors=TASKS["kueue"]["executors"][:1])
+    ready = jobspec.build_job(single, POLICY)["spec"]["template"]["spec"]
+    assert [c["name"] for c in ready["containers"]] == ["executor-0", "finish"]
+    shared = jobspec.build_job(TASKS["kueue"], POLICY)["spec"]["template"]["spec"]
+    assert [c["name"] for c in shared["containers"]] == ["finish"]
+    for pod in (ready, shared):
+        totals = k8s_pod_requests(pod)
+        assert totals["amd.com/gpu"] == 2
+        assert totals["cpu"] == Decimal("8.1") and totals["memory"] == 64 * 1024 * MI + 128 * MI

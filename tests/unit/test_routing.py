@@ -162,7 +162,10 @@ def test_the_job_gets_what_the_envelope_allows() -> None:
     assert labels[QUEUE] == "team-a-gpu"
     assert labels[CLASS] == "tes-high"  # not in the global allow-list: the route's own
     assert labels[MAX_EXEC] == "3600"
-    executor = jobspec.build_job(doc, SETTINGS)["spec"]["template"]["spec"]["initContainers"][2]
+    pod = jobspec.build_job(doc, SETTINGS)["spec"]["template"]["spec"]
+    executor = next(
+        c for c in [*pod["initContainers"], *pod["containers"]] if c["name"] == "executor-0"
+    )
     assert executor["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 

@@ -528,3 +528,76 @@ def test_runner_parses(shell: list[str]) -> None:
     """The shim is valid for the shell (sh -n) and has no CR line ends."""
     assert b"\r" not in RUNNER.read_bytes()
     subprocess.run([*shell, "-n", str(RUNNER)], check=True, timeout=10)
+
+
+# -- in the task pod: the life FIFO, turns and the verdict (docs/runner.md) ----------------------
+
+
+def _poke(fifo: Path) -> None:
+    """Wake whoever reads a wake FIFO, as the sequencer does (nobody reading is fine)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    os.write(fd, b"\n")
+    os.close(fd)
+
+
+def test_gated_runner_waits_for_its_turn_and_the_verdict(
+    shell: list[str], control: Path, tmp_path: Path
+) -> None:
+    """ready layout: no run before exec/<i>/turn; tells start and end; stays until the verdict."""
+    from worker.sequencer import setup
+
+    setup.prepare(control, executors=2, gates=True)
+    life = os.open(control / "exec" / "0" / "life", os.O_RDONLY | os.O_NONBLOCK)
+    ran = tmp_path / "ran"
+    argv = runner_argv(shell, control, ["sh", "-c", f"echo ran > {ran}"])
+    proc = subprocess.Popen(argv, env={"PATH": PATH}, cwd=control, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None and not ran.exists(), "it must wait for its turn"
+        (control / "exec" / "0" / "turn").touch()
+        _poke(control / "exec" / "0" / "wake")
+        deadline = time.monotonic() + 10
+        while not (control / "exec" / "0" / "exit_code").exists():
+            assert time.monotonic() < deadline, "the wake-up was not heard"
+            time.sleep(0.01)
+        assert ran.read_text() == "ran\n"
+        assert (control / "exec" / "1" / "turn").exists(), "the next executor's turn"
+        time.sleep(0.3)
+        assert proc.poll() is None, "it must stay until the verdict"
+        (control / "verdict").write_text("COMPLETE")
+        _poke(control / "exec" / "0" / "wake")
+        assert proc.wait(timeout=10) == 0
+        said = b""
+        while chunk := os.read(life, 4096):
+            said += chunk
+        assert said == b"start\nend\n"  # then end of file: the runner has gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(life)
+
+
+def test_gated_runner_stopped_before_its_turn_is_skipped(shell: list[str], control: Path) -> None:
+    """A signal while waiting for the turn: skipped at once, the next turn not given."""
+    from worker.sequencer import setup
+
+    setup.prepare(control, executors=2, gates=True)
+    life = os.open(control / "exec" / "0" / "life", os.O_RDONLY | os.O_NONBLOCK)
+    argv = runner_argv(shell, control, ["true"])
+    proc = subprocess.Popen(argv, env={"PATH": PATH}, cwd=control)
+    try:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert (control / "exec" / "0" / "skipped").exists()
+        assert not (control / "exec" / "0" / "exit_code").exists()
+        assert not (control / "exec" / "1" / "turn").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(life)

@@ -9,6 +9,9 @@
 # stdin/stdout/stderr are file paths or "" when the executor names none; ignore_error is 1 or 0.
 # Writes <control_dir>/exec/<index>/{start,end,exit_code,stdout.tail,stderr.tail} (or "skipped"),
 # creates <control_dir>/abort on failure, writes a JSON termination message and always exits 0.
+# Where the setup container prepared exec/<index>/ (docs/task-pod.md), it also holds the
+# sequencer's "life" FIFO open for as long as it lives, and with a "wake" FIFO there (the ready
+# layout) it waits for its turn before running and for the verdict before exiting.
 # See docs/runner.md.
 #
 # Rules this file keeps (the executor's image is unknown, possibly distroless):
@@ -64,9 +67,21 @@ __tr_term() {
     return 0
 }
 
-# the runner cannot do its job: one line on stderr, stop later executors, exit 0
+# one line to the sequencer through the life FIFO (in a subshell: a sequencer that is gone
+# must not end the runner with SIGPIPE)
+__tr_life=
+__tr_tell() {
+    if [ -n "$__tr_life" ]; then
+        ( printf '%s\n' "$1" >&7 ) 2>/dev/null
+    fi
+    return 0
+}
+
+# the runner cannot do its job: one line on stderr and to the sequencer, stop later executors,
+# exit 0
 __tr_fail() {
     __tr_say "$1"
+    __tr_tell "fail $1"
     if [ -n "$__tr_ctl" ] && [ -d "$__tr_ctl" ]; then
         true >"$__tr_ctl/abort" 2>/dev/null
     fi
@@ -104,6 +119,16 @@ bbexec() {
 }
 
 __tr_d=$__tr_ctl/exec/$__tr_idx
+
+# ---------------------------------------------------------------- liveness (docs/runner.md)
+# The sequencer reads exec/<i>/life. Holding its write end open (fd 7) for as long as the runner
+# lives tells it that the runner is alive: however the runner ends, the kernel closes the FIFO
+# and the sequencer sees the hang-up at once. The open waits until the sequencer reads it.
+# "command exec": a failed redirection must not end the runner.
+if [ -p "$__tr_d/life" ] && command exec 7>"$__tr_d/life"; then
+    __tr_life=1
+fi
+
 if ! bb mkdir -p "$__tr_d" 2>/dev/null || ! true >"$__tr_d/.probe" 2>/dev/null; then
     __tr_fail "control directory $__tr_ctl is not writable; executor $__tr_idx not run" \
         "control directory not writable"
@@ -151,13 +176,6 @@ __tr_now() {
     bb date -u +%Y-%m-%dT%H:%M:%SZ 2>/dev/null
 }
 
-# ---------------------------------------------------------------- skip
-if [ -e "$__tr_ctl/abort" ]; then
-    true >"$__tr_d/skipped" 2>/dev/null || __tr_say "cannot write $__tr_d/skipped"
-    __tr_term '{"skipped":true}'
-    exit 0
-fi
-
 # wait for a child even across trapped signals (a trapped signal interrupts "wait");
 # sets __tr_st
 __tr_wait() {
@@ -172,6 +190,72 @@ __tr_wait() {
         [ "$__tr_w" -eq 127 ] || __tr_st=$__tr_w
     done
 }
+
+# ---------------------------------------------------------------- turns (the ready layout)
+# Every executor container starts at once; each runner waits for exec/<i>/turn, which the
+# sequencer writes for executor 0 once inputs are staged and each runner for the next one when
+# its own executor ends. Whoever writes a flag then writes a newline into the waiter's wake FIFO
+# (fd 8, opened read-write: the open never blocks and keeps the FIFO's data for us). The flag is
+# checked after fd 8 is open, so a wake-up is never lost; the timed read is only a safeguard.
+__tr_gated=0
+if [ -p "$__tr_d/wake" ] && command exec 8<>"$__tr_d/wake"; then
+    __tr_gated=1
+fi
+__tr_nap=30       # seconds between checks of the flags when no wake-up comes
+# busybox ash (every task pod) reads with a timeout in the shell itself; dash cannot
+__tr_readt=0
+if ( read -t 1 -r __tr_x </dev/null ) 2>/dev/null; [ "$?" -eq 1 ]; then
+    __tr_readt=1
+fi
+# block until flag file $1 (or the verdict) exists or a signal arrives
+__tr_await() {
+    while [ ! -e "$1" ] && [ ! -e "$__tr_ctl/verdict" ] && [ -z "$__tr_sig" ]; do
+        if [ "$__tr_readt" = 1 ]; then
+            read -t "$__tr_nap" -r __tr_x <&8
+        else
+            if [ -n "$__tr_bb" ]; then
+                "$__tr_bb" timeout "$__tr_nap" "$__tr_bb" head -c 1 <&8 >/dev/null 2>&1 7>&- &
+            else
+                timeout "$__tr_nap" head -c 1 <&8 >/dev/null 2>&1 7>&- &
+            fi
+            __tr_pid=$!
+            __tr_wait "$__tr_pid"
+            __tr_pid=
+        fi
+    done
+}
+# the next executor's turn, then the end of this runner: in the ready layout it stays (and its
+# container Ready) until the sequencer's verdict exists
+__tr_done() {
+    # (not when the pod is being stopped: the next executor must not start now)
+    if [ "$__tr_gated" = 1 ] && [ -z "$__tr_sig" ]; then
+        __tr_n=$__tr_ctl/exec/$((__tr_idx + 1))
+        if [ -p "$__tr_n/wake" ]; then
+            true >"$__tr_n/turn" 2>/dev/null || __tr_say "cannot write $__tr_n/turn"
+            printf '\n' 1<>"$__tr_n/wake" 2>/dev/null
+        fi
+    fi
+    __tr_tell end
+    if [ "$__tr_gated" = 1 ]; then
+        __tr_await "$__tr_ctl/verdict"
+    fi
+    exit 0
+}
+__tr_skip() {
+    true >"$__tr_d/skipped" 2>/dev/null || __tr_say "cannot write $__tr_d/skipped"
+    __tr_term '{"skipped":true}'
+    __tr_done
+}
+if [ "$__tr_gated" = 1 ]; then
+    __tr_await "$__tr_d/turn"
+    # the attempt ended before this executor's turn (or the pod is being stopped): never ran
+    [ -e "$__tr_d/turn" ] && [ -z "$__tr_sig" ] || __tr_skip
+fi
+
+# ---------------------------------------------------------------- skip
+if [ -e "$__tr_ctl/abort" ]; then
+    __tr_skip
+fi
 
 # ---------------------------------------------------------------- environment
 # The container's environment as shell-quoted words, from /proc/$$/environ. xargs -0 hands
@@ -306,13 +390,13 @@ fi
 __tr_helpers=
 __tr_tees=
 if [ "$__tr_pipes" = 1 ]; then
-    bbexec tail -c "$__tr_tail" <"$__tr_fot" >"$__tr_d/stdout.tail" &
+    bbexec tail -c "$__tr_tail" <"$__tr_fot" >"$__tr_d/stdout.tail" 7>&- 8>&- &
     __tr_helpers="$__tr_helpers $!"
-    bbexec tail -c "$__tr_tail" <"$__tr_fet" >"$__tr_d/stderr.tail" &
+    bbexec tail -c "$__tr_tail" <"$__tr_fet" >"$__tr_d/stderr.tail" 7>&- 8>&- &
     __tr_helpers="$__tr_helpers $!"
-    bbexec tee -a "$__tr_fot" ${__tr_out:+"$__tr_out"} <"$__tr_fo" &
+    bbexec tee -a "$__tr_fot" ${__tr_out:+"$__tr_out"} <"$__tr_fo" 7>&- 8>&- &
     __tr_tees="$__tr_tees $!"
-    bbexec tee -a "$__tr_fet" ${__tr_err:+"$__tr_err"} <"$__tr_fe" >&2 &
+    bbexec tee -a "$__tr_fet" ${__tr_err:+"$__tr_err"} <"$__tr_fe" >&2 7>&- 8>&- &
     __tr_tees="$__tr_tees $!"
     __tr_helpers="$__tr_helpers$__tr_tees"
     __tr_o=$__tr_fo
@@ -329,6 +413,7 @@ case $__tr_cmd in
 esac
 __tr_start=$(__tr_now)
 [ -z "$__tr_start" ] || __tr_put "$__tr_d/start" "$__tr_start"
+__tr_tell start
 
 if [ -n "$__tr_sig" ]; then
     # cancelled before the command could start
@@ -337,6 +422,7 @@ if [ -n "$__tr_sig" ]; then
 fi
 
 (
+    exec 7>&- 8>&-   # the FIFOs are ours, not the command's
     if [ -n "$__tr_o" ]; then exec >>"$__tr_o"; fi
     if [ -n "$__tr_e" ]; then exec 2>>"$__tr_e"; fi
     if [ -n "$__tr_pre" ]; then
@@ -373,7 +459,7 @@ if [ "$__tr_pipes" = 1 ]; then
     # The watchdog is ended with SIGKILL: a signal that reaches a freshly forked subshell
     # before it has reset the traps it inherited is swallowed (dash), KILL cannot be.
     # shellcheck disable=SC2086  # (a list of pids)
-    ( bb sleep "$__tr_grace"; kill $__tr_tees ) </dev/null >/dev/null 2>&1 &
+    ( bb sleep "$__tr_grace"; kill $__tr_tees ) </dev/null >/dev/null 2>&1 7>&- 8>&- &
     __tr_dog=$!
     # Opening a FIFO read-write never blocks and gives a reader still stuck in its own open
     # (the command died before opening its output) a writer, then EOF.
@@ -409,4 +495,4 @@ __tr_je=null
 [ -z "$__tr_start" ] || __tr_js="\"$__tr_start\""
 [ -z "$__tr_end" ] || __tr_je="\"$__tr_end\""
 __tr_term "{\"exit_code\":$__tr_rc,\"start\":$__tr_js,\"end\":$__tr_je}"
-exit 0
+__tr_done
