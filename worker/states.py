@@ -52,11 +52,13 @@ class Objects:
     pod: Json | None = None
     workload: Json | None = None
     events: tuple[Json, ...] = ()  # Warning Events about the Job, where the cluster gives them
+    #: Every live pod of the task by uid; ``pod`` is the current attempt's (worker/pods.py).
+    pods: Mapping[str, Json] = field(default_factory=dict)
 
     @property
     def gone(self) -> bool:
         """Nothing of the task exists any more."""
-        return self.job is None and self.pod is None
+        return self.job is None and self.pod is None and not self.pods
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 from app import ids
 from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
-from worker import states
+from worker import pods, states
 from worker.cluster.base import Cluster, ClusterError, Observation
 from worker.report import Report, read_report
 
@@ -52,6 +52,12 @@ def _with(objects: states.Objects, obs: Observation) -> states.Objects:
     if kind == "Event":  # Warning Events about the Job, where the cluster reports them
         kept = tuple(e for e in objects.events if _name(e) != obs.name)
         return replace(objects, events=kept + ((obs.obj,) if obs.obj is not None else ()))
+    if kind == "Pod":
+        # Every live pod is kept: a re-admission's new pod may be reported before the old one
+        # is gone. reconcile() narrows ``pod`` to the current attempt's.
+        known = objects.pods or ({pods.key(objects.pod): objects.pod} if objects.pod else {})
+        live = pods.seen(known, obs.name, obs.obj)
+        return replace(objects, pods=live, pod=pods.current(live))
     changes: Json = {kind.lower(): obs.obj}
     return replace(objects, **changes)
 
@@ -127,9 +133,13 @@ class Watcher:
                 self._delete(task_id)
             return
         record, index = self._attempt(record)
+        attempts = record.doc["logs"]
+        live = objects.pods or ({pods.key(objects.pod): objects.pod} if objects.pod else {})
+        # Pods of ended attempts linger while they terminate; the current attempt's pod is not
+        # always the one reported last (worker/pods.py).
+        mine = (attempts[index].get("metadata") or {}).get("pod")
+        objects = replace(objects, pod=pods.current(live, mine, _old_pods(attempts)))
         pod = _name(objects.pod)
-        if pod is not None and pod in _old_pods(record.doc["logs"]):
-            objects, pod = replace(objects, pod=None), None  # an evicted attempt's, going away
         decision = states.decide(record.state, objects, self._timing(task_id, objects))
         record, index = self._current(record, index, pod, decision)
         note = ((objects.pod or {}).get("metadata") or {}).get("annotations", {}).get(RUNTIME_NOTE)
@@ -221,7 +231,7 @@ class Watcher:
         if final is State.CANCELED:
             notes.append(states.CANCELED_NOTE)
         else:
-            log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT, pod) if pod else ""
             report = read_report(log_text)
             if decision.trust_report and report.verdict is not None:
                 final = report.verdict
@@ -251,7 +261,7 @@ class Watcher:
         logs += [dict(entry) for entry in (from_pod or [])[len(logs) :]]
         for i, entry in enumerate(logs):
             if "stdout" not in entry and pod is not None:
-                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT)
+                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT, pod)
         return logs
 
     def _requeue(
@@ -267,7 +277,9 @@ class Watcher:
             changes["metadata"] = {**meta, "evicted": str(evicted.get("reason") or "Evicted")}
             # What the evicted pod got done is in its sequencer's report: read it now, once.
             pod = _name(objects.pod)
-            text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            if pod is not None and "pod" not in meta:
+                changes["metadata"]["pod"] = pod  # so that it counts as old once it lingers
+            text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT, pod) if pod else ""
             report = read_report(text)
             from_pod = states.executor_logs(objects.pod)
             if logs := self._executor_logs(record.id, report, from_pod, pod):
@@ -281,9 +293,9 @@ class Watcher:
         if self.store.transition(record.id, State.QUEUED):
             log.info("task %s: evicted, QUEUED again", record.id)
 
-    def _read(self, task_id: str, container: str, limit: int) -> str:
+    def _read(self, task_id: str, container: str, limit: int, pod: str | None = None) -> str:
         try:
-            return self.cluster.read_log(task_id, container, limit)
+            return self.cluster.read_log(task_id, container, limit, pod=pod)
         except ClusterError as exc:
             log.warning("task %s: cannot read the log of %s: %s", task_id, container, exc)
             return ""

@@ -61,9 +61,17 @@ class Cluster(Protocol):
         """Yield changes as they happen, for at most ``timeout`` seconds."""
         ...
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
         """Return a container's log of the task's pod (at most ``limit_bytes``), or "".
 
+        ``pod`` names the pod (the watcher's current one); default: the task's newest.
         Kubernetes returns the first ``limit_bytes``, the local runtime the last; the
         sequencer's report is far smaller than the limit the watcher asks for.
         """

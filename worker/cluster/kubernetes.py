@@ -317,13 +317,24 @@ class KubernetesCluster:
         """Yield changes as they happen, for at most ``timeout`` seconds."""
         return self._watches.drain(timeout)
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
-        """Return a container's log in the task's newest pod (at most ``limit_bytes``), or ""."""
-        pods = self._task_pods(task_id)
-        if not pods:
-            return ""
-        pod = max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
-        name = pod["metadata"]["name"]
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
+        """Return a container's log in the pod ``pod``, else the task's newest, or ""."""
+        name = pod
+        if name is None:
+            pods = self._task_pods(task_id)
+            if not pods:
+                return ""
+            newest = max(
+                pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or "")
+            )
+            name = str(newest["metadata"]["name"])
         try:
             response = self._call(
                 "get",
