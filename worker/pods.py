@@ -13,7 +13,10 @@ own or the newest.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from typing import Any
+
+from worker import states
 
 Json = dict[str, Any]
 _ENDED = ("Succeeded", "Failed")
@@ -68,3 +71,30 @@ def current(
         if own or group:
             return own[0] if own else _newest(group)
     return None
+
+
+def _live(objects: states.Objects) -> Mapping[str, Json]:
+    pod = objects.pod
+    return objects.pods or ({key(pod): pod} if pod is not None else {})
+
+
+def observed(objects: states.Objects, pod_name: str, obj: Json | None) -> states.Objects:
+    """Return ``objects`` after an observation of one pod; ``pod`` becomes the likeliest."""
+    live = seen(_live(objects), pod_name, obj)
+    return replace(objects, pods=live, pod=current(live))
+
+
+def ended_attempts(attempts: list[Json]) -> set[str]:
+    """Return the pods of ended attempts: the earlier ones, and the last if it was evicted."""
+    metas = [a.get("metadata") or {} for a in attempts]
+    return {
+        m["pod"]
+        for i, m in enumerate(metas)
+        if "pod" in m and (m.get("evicted") or i + 1 < len(metas))
+    }
+
+
+def for_attempt(objects: states.Objects, attempts: list[Json]) -> states.Objects:
+    """Return ``objects`` with ``pod`` the one the last of ``attempts`` is about (or None)."""
+    mine = (attempts[-1].get("metadata") or {}).get("pod") if attempts else None
+    return replace(objects, pod=current(_live(objects), mine, ended_attempts(attempts)))

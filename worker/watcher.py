@@ -52,24 +52,10 @@ def _with(objects: states.Objects, obs: Observation) -> states.Objects:
     if kind == "Event":  # Warning Events about the Job, where the cluster reports them
         kept = tuple(e for e in objects.events if _name(e) != obs.name)
         return replace(objects, events=kept + ((obs.obj,) if obs.obj is not None else ()))
-    if kind == "Pod":
-        # Every live pod is kept: a re-admission's new pod may be reported before the old one
-        # is gone. reconcile() narrows ``pod`` to the current attempt's.
-        known = objects.pods or ({pods.key(objects.pod): objects.pod} if objects.pod else {})
-        live = pods.seen(known, obs.name, obs.obj)
-        return replace(objects, pods=live, pod=pods.current(live))
+    if kind == "Pod":  # every live pod: reconcile() picks the current attempt's
+        return pods.observed(objects, obs.name, obs.obj)
     changes: Json = {kind.lower(): obs.obj}
     return replace(objects, **changes)
-
-
-def _old_pods(attempts: list[Json]) -> set[str]:
-    # Pods of ended attempts (earlier ones, or the last if evicted) linger while they terminate.
-    metas = [a.get("metadata") or {} for a in attempts]
-    return {
-        m["pod"]
-        for i, m in enumerate(metas)
-        if "pod" in m and (m.get("evicted") or i + 1 < len(metas))
-    }
 
 
 def _since(obj: Json | None, kind: str) -> str:
@@ -133,12 +119,9 @@ class Watcher:
                 self._delete(task_id)
             return
         record, index = self._attempt(record)
-        attempts = record.doc["logs"]
-        live = objects.pods or ({pods.key(objects.pod): objects.pod} if objects.pod else {})
         # Pods of ended attempts linger while they terminate; the current attempt's pod is not
         # always the one reported last (worker/pods.py).
-        mine = (attempts[index].get("metadata") or {}).get("pod")
-        objects = replace(objects, pod=pods.current(live, mine, _old_pods(attempts)))
+        objects = pods.for_attempt(objects, record.doc["logs"])
         pod = _name(objects.pod)
         decision = states.decide(record.state, objects, self._timing(task_id, objects))
         record, index = self._current(record, index, pod, decision)
