@@ -77,6 +77,7 @@ def _watcher(settings: Settings, task_store: Any, cluster: Any, task_queue: Any)
         grace_seconds=settings.resubmit_grace_seconds,
         image_pull_grace_seconds=settings.image_pull_grace_seconds,
         no_workload_seconds=settings.no_workload_seconds,
+        pod_create_grace_seconds=settings.pod_create_grace_seconds,
     )
 
 

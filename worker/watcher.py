@@ -76,6 +76,7 @@ class Watcher:
         recancel: Callable[[str], None] | None = None,
         image_pull_grace_seconds: float = 300.0,
         no_workload_seconds: float = 120.0,
+        pod_create_grace_seconds: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Watch ``cluster`` for ``store``; ``resubmit`` and ``recancel`` re-enqueue lost work."""
@@ -84,6 +85,7 @@ class Watcher:
         self.grace_seconds = grace_seconds
         self.image_pull_grace = image_pull_grace_seconds
         self.no_workload_grace = no_workload_seconds
+        self.pod_create_grace = pod_create_grace_seconds
         self.clock = clock
         self.objects: dict[str, states.Objects] = {}
         self.first_seen: dict[str, dict[str, float]] = {}  # task → wait → when first seen
@@ -143,7 +145,9 @@ class Watcher:
             self.first_seen[task_id] = since
         else:
             self.first_seen.pop(task_id, None)
-        return states.Timing(at, since, self.image_pull_grace, self.no_workload_grace)
+        return states.Timing(
+            at, since, self.image_pull_grace, self.no_workload_grace, self.pod_create_grace
+        )
 
     def _attempt(self, record: TaskRecord) -> tuple[TaskRecord, int]:
         if not record.doc.get("logs"):
