@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 #: Labels every object we create carries.
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -79,4 +79,13 @@ class Cluster(Protocol):
 
     def close(self) -> None:
         """Stop background work and release resources."""
+        ...
+
+
+@runtime_checkable
+class PriorityClasses(Protocol):
+    """A cluster that can tell whether a Kueue WorkloadPriorityClass exists (Kubernetes can)."""
+
+    def priority_class_exists(self, name: str) -> bool:
+        """Tell whether the WorkloadPriorityClass ``name`` exists (a cluster-scoped read)."""
         ...

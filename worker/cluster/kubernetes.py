@@ -32,7 +32,16 @@ from worker.cluster.base import (
     PermanentError,
     TransientError,
 )
-from worker.cluster.k8s_errors import CONFIGMAPS, EVENTS, JOBS, LEASES, POD_LOGS, PODS, WORKLOADS
+from worker.cluster.k8s_errors import (
+    CONFIGMAPS,
+    EVENTS,
+    JOBS,
+    LEASES,
+    POD_LOGS,
+    PODS,
+    PRIORITY_CLASSES,
+    WORKLOADS,
+)
 from worker.cluster.k8s_index import Index
 from worker.cluster.k8s_watch import Listing
 
@@ -288,6 +297,24 @@ class KubernetesCluster:
         elif self._delete(CONFIGMAPS, name):
             # A submit that stopped between its two creates can leave the ConfigMap alone.
             log.info("task %s: orphaned ConfigMap %s deleted", task_id, name)
+
+    def priority_class_exists(self, name: str) -> bool:
+        """Tell whether the Kueue WorkloadPriorityClass ``name`` exists (cluster-scoped GET)."""
+        try:
+            self._json(
+                "get",
+                PRIORITY_CLASSES,
+                self._custom.get_cluster_custom_object,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                "workloadpriorityclasses",
+                name,
+            )
+        except k8s_errors.NotFound as exc:
+            if f'"{name}" not found' in str(exc):
+                return False
+            raise
+        return True
 
     def exists(self, task_id: str) -> bool:
         """Tell whether the task's Job, or a pod of the task, exists."""
