@@ -218,6 +218,12 @@ class Settings(BaseSettings):
         description="nodeSelector of tasks with preemptible: true, `key=value` (comma-separated), "
         "e.g. cloud.google.com/gke-spot=true.",
     )
+    preemptible_queue: str | None = Field(
+        default=None,
+        description="LocalQueue of every task with preemptible: true (a queue the task names is "
+        "then ignored, with a system log); its ClusterQueue should offer the spot flavor alone, "
+        "so that Kueue cannot admit the task on other capacity (docs/kueue.md).",
+    )
 
     @field_validator(
         "allowed_queues",
