@@ -79,6 +79,7 @@ def _watcher(settings: Settings, task_store: Any, cluster: Any, task_queue: Any)
         no_workload_seconds=settings.no_workload_seconds,
         progress_seconds=settings.progress_seconds,
         running_progress_seconds=settings.running_progress_seconds,
+        pod_create_grace_seconds=settings.pod_create_grace_seconds,
     )
 
 

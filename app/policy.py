@@ -80,15 +80,19 @@ class Envelope:
         """Return `` to <route>`` for messages about a route, else nothing."""
         return f" to {self.route}" if self.route else ""
 
-    def routed(self, kept: dict[str, str], settings: Settings) -> dict[str, str]:
+    def routed(
+        self, kept: dict[str, str], settings: Settings, preemptible: bool = False
+    ) -> dict[str, str]:
         """Add what the worker must know of this envelope to the kept parameters.
 
         The worker reads only the stored task and the global settings (worker/jobspec.py),
         so a route's default queue and run-time cap travel in the task's backend_parameters,
         whether or not KUEUE_TES_BACKEND_PARAMETERS lets tasks name those keys themselves.
+        A preemptible task goes to KUEUE_TES_PREEMPTIBLE_QUEUE, where that is set.
         """
         out = dict(kept)
-        if "queue" not in out and self.queue != settings.default_queue:
+        spot = preemptible and settings.preemptible_queue
+        if "queue" not in out and self.queue != settings.default_queue and not spot:
             out["queue"] = self.queue
         cap = self.max_run_seconds
         if "max_run_seconds" not in out and cap is not None and cap != settings.max_run_seconds:
@@ -216,15 +220,26 @@ def check(
         if strict:
             raise InvalidTask(f"resources.backend_parameters.{key}", reason)
         notes.append(f"backend parameter '{key}' was ignored: {reason}")
+    preemptible = bool(resources.preemptible)
+    spot = settings.preemptible_queue if preemptible else None
+    if spot and kept.get("queue", spot) != spot:
+        # Any other queue may admit the task on capacity that is not preemptible (docs/kueue.md).
+        reason = f"preemptible tasks run in LocalQueue {spot}"
+        if strict:
+            raise InvalidTask("resources.backend_parameters.queue", f"{reason}; drop one of them")
+        notes.append(f"backend parameter 'queue' was ignored: {reason}")
+        del kept["queue"]
     notes.extend(_hint_notes(resources.preemptible, resources.zones, settings))
     ordered = {key: kept[key] for key in params if key in kept}
-    return env.routed(ordered, settings), notes
+    return env.routed(ordered, settings, preemptible), notes
 
 
 def _hint_notes(preemptible: bool | None, zones: list[str] | None, settings: Settings) -> list[str]:
     notes = []
     if preemptible and not (
-        settings.preemptible_priority_class or settings.preemptible_node_selector
+        settings.preemptible_priority_class
+        or settings.preemptible_node_selector
+        or settings.preemptible_queue
     ):
         notes.append("preemptible was ignored: this service has no preemptible capacity configured")
     for zone in zones or ():
@@ -274,8 +289,9 @@ def placement(resources: Mapping[str, Any] | None, settings: Settings) -> Placem
     cap = settings.max_run_seconds
     if cap is not None:
         max_run = min(max_run or cap, cap)
+    spot = settings.preemptible_queue if preemptible else None
     return Placement(
-        queue=params.get("queue") or settings.default_queue,
+        queue=spot or params.get("queue") or settings.default_queue,
         priority_class=priority_class,
         gpus=gpus,
         gpu_resource=gpu_resource,

@@ -226,6 +226,12 @@ class Settings(BaseSettings):
         description="nodeSelector of tasks with preemptible: true, `key=value` (comma-separated), "
         "e.g. cloud.google.com/gke-spot=true.",
     )
+    preemptible_queue: str | None = Field(
+        default=None,
+        description="LocalQueue of every task with preemptible: true (a queue the task names is "
+        "then ignored, with a system log); its ClusterQueue should offer the spot flavor alone, "
+        "so that Kueue cannot admit the task on other capacity (docs/kueue.md).",
+    )
 
     @field_validator(
         "allowed_queues",
@@ -292,7 +298,15 @@ class Settings(BaseSettings):
     no_workload_seconds: float = Field(
         default=120.0,
         description="After this long with no Kueue Workload for a task's Job, its system logs "
-        "say that Kueue does not seem to manage the namespace.",
+        "say that Kueue does not seem to manage the namespace; a Job that asks for a "
+        "WorkloadPriorityClass the worker could not check ends in SYSTEM_ERROR instead.",
+    )
+    pod_create_grace_seconds: float = Field(
+        default=600.0,
+        description="How long the cluster may refuse to create an admitted task's pod for a "
+        "reason that can pass (a used-up ResourceQuota, an unreachable webhook) before the "
+        "task ends in SYSTEM_ERROR; a refusal that cannot pass (Pod Security, a webhook's "
+        "denial, a LimitRange) ends it at once.",
     )
     progress_seconds: float = Field(
         default=5.0,

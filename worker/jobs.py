@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from app.models import State
 from app.store.base import TaskStore
-from worker import context, jobspec, states
-from worker.cluster.base import QUEUE_NAME, PermanentError
+from worker import admission, context, jobspec, states
+from worker.cluster.base import QUEUE_NAME, Cluster, PermanentError, PriorityClasses
 from worker.watcher import now
 
 log = logging.getLogger(__name__)
+Json = dict[str, Any]
 
 
 def _end_attempt(store: TaskStore, task_id: str, reason: str) -> None:
@@ -61,6 +63,9 @@ def submit(task_id: str) -> str:
     except ValueError as exc:
         return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
     queue = job["metadata"]["labels"][QUEUE_NAME]
+    missing = _missing_class(ctx.cluster, task_id, job, record.doc)
+    if missing is not None:
+        return _fail(ctx.store, task_id, missing)
     if not record.doc.get("logs"):
         ctx.store.append_attempt(
             task_id,
@@ -74,6 +79,38 @@ def submit(task_id: str) -> str:
         "task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue
     )
     return "submitted"
+
+
+def _missing_class(cluster: Cluster, task_id: str, job: Json, doc: Json) -> str | None:
+    """Return why the task cannot be queued if its WorkloadPriorityClass does not exist.
+
+    Released Kueue (v0.15 to v0.19) creates no Workload for such a Job and says nothing, so the
+    task would wait for ever: ask the cluster first. A class found is marked on the Job, so the
+    watcher knows that a missing Workload has another cause (worker/admission.py).
+    """
+    meta = job["metadata"]
+    name = meta["labels"].get(admission.PRIORITY_CLASS)
+    if name is None or not isinstance(cluster, PriorityClasses):
+        return None
+    try:
+        found = cluster.priority_class_exists(name)
+    except PermanentError as exc:
+        # Missing RBAC must not stop tasks: the watcher's no-Workload grace is the backstop.
+        log.warning("task %s: cannot check WorkloadPriorityClass %s: %s", task_id, name, exc)
+        return None
+    if found:
+        meta.setdefault("annotations", {})[admission.PRIORITY_CHECKED] = name
+        return None
+    params = (doc.get("resources") or {}).get("backend_parameters") or {}
+    ask = "ask for an existing one (backend_parameters.priority_class) or for it to be created"
+    if params.get("priority_class") != name:
+        ask = (
+            "it is the class of preemptible tasks (KUEUE_TES_PREEMPTIBLE_PRIORITY_CLASS): the "
+            "operator must create it"
+        )
+    return (
+        f"WorkloadPriorityClass {name} does not exist, so Kueue would never queue the task; {ask}"
+    )
 
 
 def cancel(task_id: str) -> str:

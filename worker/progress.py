@@ -34,12 +34,12 @@ class Progress:
 
     def __init__(
         self,
-        read: Callable[[str], str],
+        read: Callable[[str, str], str],
         clock: Callable[[], float],
         initializing_seconds: float = 5.0,
         running_seconds: float = 60.0,
     ) -> None:
-        """Read a task's sequencer log with ``read(task_id)``, timed by ``clock``."""
+        """Read a pod's sequencer log with ``read(task_id, pod)``, timed by ``clock``."""
         self.read, self.clock = read, clock
         self.initializing_seconds, self.running_seconds = initializing_seconds, running_seconds
         self.entries: dict[str, _Entry] = {}
@@ -63,7 +63,7 @@ class Progress:
         interval = self.initializing_seconds if initializing else self.running_seconds
         now = self.clock()
         if entry is None or (interval > 0 and now - entry.read_at >= interval):
-            entry = _Entry(name, now, interval, read_report(self.read(task_id)))
+            entry = _Entry(name, now, interval, read_report(self.read(task_id, name)))
         entry.interval = interval
         self.entries[task_id] = entry
         return entry.report

@@ -14,14 +14,13 @@ missing WorkloadPriorityClass keeps Kueue from creating a Workload; it says so i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from app.models import State
-from worker import podlayout
+from worker import admission, podlayout
 from worker.cluster.base import QUEUE_NAME
 from worker.report import Report
 
@@ -29,16 +28,15 @@ Json = dict[str, Any]
 
 #: Names of our own containers in the task pod (docs/task-pod.md).
 SETUP, SEQUENCER, FINISH = "setup", "sequencer", "finish"
-PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
-PRIORITY_MISSING = "WorkloadPriorityClassNotFound"
+PRIORITY_CLASS, PRIORITY_MISSING = admission.PRIORITY_CLASS, admission.PRIORITY_MISSING
 #: kubelet retries the first pull errors (the task fails after a grace); the others never heal.
 PULL_RETRIED = frozenset({"ErrImagePull", "ImagePullBackOff"})
 PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 #: System log lines that describe the present; a newer one replaces its predecessor in place.
 WAITING_KUEUE, WAITING_NODE = "waiting for Kueue: ", "waiting for a node: "
-NO_WORKLOAD = "no-workload"
+WAITING_POD = "waiting for the task pod: "
+NO_WORKLOAD, POD_REFUSED = "no-workload", "pod-refused"
 _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
-_NOT_FOUND = re.compile(r'"([^"]+)" not found')
 _PULLS = PULL_RETRIED | PULL_FATAL
 _ALL = ("initContainerStatuses", "containerStatuses")
 
@@ -55,11 +53,13 @@ class Objects:
     workload: Json | None = None
     events: tuple[Json, ...] = ()  # Warning Events about the Job, where the cluster gives them
     report: Report | None = None  # the sequencer's report so far (ready layout, worker.progress)
+    #: Every live pod of the task by uid; ``pod`` is the current attempt's (worker/pods.py).
+    pods: Mapping[str, Json] = field(default_factory=dict)
 
     @property
     def gone(self) -> bool:
         """Nothing of the task exists any more."""
-        return self.job is None and self.pod is None
+        return self.job is None and self.pod is None and not self.pods
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Timing:
     since: Mapping[str, float] = field(default_factory=dict)
     image_pull_grace: float = 300.0
     no_workload_grace: float = 60.0
+    pod_create_grace: float = 600.0
 
     def waited(self, key: str, start: float | None = None) -> float:
         """Return how long the wait ``key`` has lasted (from ``start`` where it is known)."""
@@ -204,17 +205,8 @@ def _pod_failure(pod: Json) -> str | None:
 
 
 def _priority_missing(objects: Objects) -> Decision | None:
-    conditions = ((objects.workload or {}).get("status") or {}).get("conditions") or ()
-    hits = [_why(c) for c in [*conditions, *objects.events] if PRIORITY_MISSING in _why(c)]
-    if not hits:
-        return None
-    name = (_meta(objects.job).get("labels") or {}).get(PRIORITY_CLASS)
-    if name is None and (found := _NOT_FOUND.search(hits[0])):
-        name = found.group(1)
-    what = f"WorkloadPriorityClass {name}" if name else "the WorkloadPriorityClass it asks for"
-    ask = "ask for an existing one (backend_parameters.priority_class) or for it to be created"
-    text = f"Kueue cannot queue the task: {what} does not exist; {ask}"
-    return Decision(State.SYSTEM_ERROR, [text], finished=True)
+    text = admission.priority_missing(objects.job, objects.workload, objects.events)
+    return None if text is None else Decision(State.SYSTEM_ERROR, [text], finished=True)
 
 
 def _evicted(workload: Json | None, objects: Objects) -> Decision | None:
@@ -228,6 +220,8 @@ def _evicted(workload: Json | None, objects: Objects) -> Decision | None:
             hint = "the task ran longer than its maximum run time (backend_parameters)"
         elif "RequeuingLimit" in why or "backoffLimitCount" in why:
             hint = "the task was evicted more often than Kueue's requeuing limit allows"
+        elif "AdmissionCheck" in why:
+            hint = "an admission check rejected it"
         return Decision(State.SYSTEM_ERROR, [f"Kueue stopped the task: {hint} ({why})"], None, True)
     # Kueue first gives the eviction as the reason it waits: say that only once.
     again = [w for w in _waiting(workload) if w != WAITING_KUEUE + str(cond.get("message"))]
@@ -243,7 +237,8 @@ def _waiting(workload: Json | None) -> list[str]:
     if reserved and reserved.get("status") == "False" and reserved.get("message"):
         return [WAITING_KUEUE + str(reserved["message"])]
     if reserved and admitted and admitted.get("status") == "False" and admitted.get("message"):
-        return [WAITING_KUEUE + str(admitted["message"])]  # admission checks pending
+        # Admission checks pending: each check's own message says what it waits for.
+        return [WAITING_KUEUE + (admission.checks_waiting(workload) or str(admitted["message"]))]
     return []
 
 
@@ -252,11 +247,13 @@ def _unmanaged(job: Json, timing: Timing) -> Decision:
     waited = timing.waited(NO_WORKLOAD, _epoch(meta.get("creationTimestamp")))
     if waited < timing.no_workload_grace:
         return Decision(State.QUEUED)
+    wanted = admission.unchecked_class(job)
+    if wanted is not None:  # the likeliest cause: no released Kueue says so (worker/admission.py)
+        text = admission.no_workload_for(job, wanted, timing.no_workload_grace)
+        return Decision(State.SYSTEM_ERROR, [text], finished=True)
     labels, namespace = meta.get("labels") or {}, meta.get("namespace", "?")
     checks = [f"that Kueue manages namespace {namespace} (managedJobsNamespaceSelector)"]
     checks += [f"that the Job carries the {QUEUE_NAME} label"] if QUEUE_NAME not in labels else []
-    if labels.get(PRIORITY_CLASS):
-        checks.append(f"that WorkloadPriorityClass {labels[PRIORITY_CLASS]} exists")
     text = (
         f"Kueue has created no Workload for Job {meta.get('name', '?')} in "
         f"{timing.no_workload_grace:g} s, so it does not seem to manage this namespace; the "
@@ -321,7 +318,24 @@ def waits(objects: Objects) -> set[str]:
     keys = {f"pull:{s.get('name')}" for s in _pull_errors(objects.pod, PULL_RETRIED)}
     if objects.job is not None and objects.workload is None:
         keys.add(NO_WORKLOAD)
+    if admission.refusal(objects.events, objects.workload, objects.pod) is not None:
+        keys.add(POD_REFUSED)
     return keys
+
+
+def _pod_refused(objects: Objects, timing: Timing) -> Decision | None:
+    # The Job controller retries a refused pod for ever while the Workload holds its quota.
+    refusal = admission.refusal(objects.events, objects.workload, objects.pod)
+    grace = timing.pod_create_grace
+    if refusal is None:
+        return None
+    why = admission.explain(refusal)
+    if refusal.final or timing.waited(POD_REFUSED, refusal.since) >= grace:
+        how = "" if refusal.final else f" for {grace:g} s"
+        text = f"the cluster refused to create the task pod{how}: {why}"
+        return Decision(State.SYSTEM_ERROR, [text], finished=True)
+    text = f"{WAITING_POD}the cluster refuses to create it: {why}; the task fails after {grace:g} s"
+    return Decision(State.INITIALIZING, [text])
 
 
 def _ended(pod: Json | None, job: Json | None) -> Decision | None:
@@ -360,7 +374,9 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
         if workload is None and job is not None:
             return _unmanaged(job, timing)
         return Decision(State.QUEUED, _waiting(workload))
-    failed = _oom(pod) or _pull_failure(pod, timing) or _ended(pod, job)
+    failed = (
+        _oom(pod) or _pull_failure(pod, timing) or _pod_refused(objects, timing) or _ended(pod, job)
+    )
     if failed is not None:
         return failed
     notes = _pod_notes(pod, timing)
@@ -382,7 +398,8 @@ def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
     for note in notes:
         if note in out:
             continue
-        prefix = next((p for p in (WAITING_KUEUE, WAITING_NODE) if note.startswith(p)), None)
+        waiting = (WAITING_KUEUE, WAITING_NODE, WAITING_POD)
+        prefix = next((p for p in waiting if note.startswith(p)), None)
         if prefix and out and out[-1].startswith(prefix):
             out[-1] = note
         else:

@@ -25,7 +25,7 @@ from typing import Any
 from app import ids
 from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
-from worker import states
+from worker import pods, states
 from worker.cluster.base import Cluster, ClusterError, Observation
 from worker.progress import Progress
 from worker.report import Report, read_report
@@ -53,18 +53,10 @@ def _with(objects: states.Objects, obs: Observation) -> states.Objects:
     if kind == "Event":  # Warning Events about the Job, where the cluster reports them
         kept = tuple(e for e in objects.events if _name(e) != obs.name)
         return replace(objects, events=kept + ((obs.obj,) if obs.obj is not None else ()))
+    if kind == "Pod":  # every live pod: reconcile() picks the current attempt's
+        return pods.observed(objects, obs.name, obs.obj)
     changes: Json = {kind.lower(): obs.obj}
     return replace(objects, **changes)
-
-
-def _old_pods(attempts: list[Json]) -> set[str]:
-    # Pods of ended attempts (earlier ones, or the last if evicted) linger while they terminate.
-    metas = [a.get("metadata") or {} for a in attempts]
-    return {
-        m["pod"]
-        for i, m in enumerate(metas)
-        if "pod" in m and (m.get("evicted") or i + 1 < len(metas))
-    }
 
 
 def _since(obj: Json | None, kind: str) -> str:
@@ -85,6 +77,7 @@ class Watcher:
         recancel: Callable[[str], None] | None = None,
         image_pull_grace_seconds: float = 300.0,
         no_workload_seconds: float = 120.0,
+        pod_create_grace_seconds: float = 600.0,
         clock: Callable[[], float] = time.time,
         progress_seconds: float = 5.0,
         running_progress_seconds: float = 60.0,
@@ -95,13 +88,17 @@ class Watcher:
         self.grace_seconds = grace_seconds
         self.image_pull_grace = image_pull_grace_seconds
         self.no_workload_grace = no_workload_seconds
+        self.pod_create_grace = pod_create_grace_seconds
         self.clock = clock
         self.objects: dict[str, states.Objects] = {}
         self.first_seen: dict[str, dict[str, float]] = {}  # task → wait → when first seen
         self._deleted: dict[str, float] = {}  # task → when we asked to delete its Job
         self._canceling: dict[str, float] = {}  # task → when its cancel was last (re)enqueued
         self._stop = threading.Event()
-        read = lambda task_id: self._read(task_id, states.SEQUENCER, REPORT_LIMIT)  # noqa: E731
+
+        def read(task_id: str, pod: str) -> str:
+            return self._read(task_id, states.SEQUENCER, REPORT_LIMIT, pod or None)
+
         self.progress = Progress(read, clock, progress_seconds, running_progress_seconds)
 
     # -- observations -----------------------------------------------------------------------
@@ -133,9 +130,10 @@ class Watcher:
                 self._delete(task_id)
             return
         record, index = self._attempt(record)
+        # Pods of ended attempts linger while they terminate; the current attempt's pod is not
+        # always the one reported last (worker/pods.py).
+        objects = pods.for_attempt(objects, record.doc["logs"])
         pod = _name(objects.pod)
-        if pod is not None and pod in _old_pods(record.doc["logs"]):
-            objects, pod = replace(objects, pod=None), None  # an evicted attempt's, going away
         objects = replace(objects, report=self.progress.report(task_id, record.state, objects))
         decision = states.decide(record.state, objects, self._timing(task_id, objects))
         record, index = self._current(record, index, pod, decision)
@@ -157,7 +155,9 @@ class Watcher:
             self.first_seen[task_id] = since
         else:
             self.first_seen.pop(task_id, None)
-        return states.Timing(at, since, self.image_pull_grace, self.no_workload_grace)
+        return states.Timing(
+            at, since, self.image_pull_grace, self.no_workload_grace, self.pod_create_grace
+        )
 
     def _attempt(self, record: TaskRecord) -> tuple[TaskRecord, int]:
         if not record.doc.get("logs"):
@@ -228,7 +228,7 @@ class Watcher:
         if final is State.CANCELED:
             notes.append(states.CANCELED_NOTE)
         else:
-            log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            log_text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT, pod) if pod else ""
             report = read_report(log_text)
             if decision.trust_report and report.verdict is not None:
                 final = report.verdict
@@ -258,7 +258,7 @@ class Watcher:
         logs += [dict(entry) for entry in (from_pod or [])[len(logs) :]]
         for i, entry in enumerate(logs):
             if "stdout" not in entry and pod is not None:
-                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT)
+                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT, pod)
         return logs
 
     def _requeue(
@@ -274,7 +274,9 @@ class Watcher:
             changes["metadata"] = {**meta, "evicted": str(evicted.get("reason") or "Evicted")}
             # What the evicted pod got done is in its sequencer's report: read it now, once.
             pod = _name(objects.pod)
-            text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT) if pod else ""
+            if pod is not None and "pod" not in meta:
+                changes["metadata"]["pod"] = pod  # so that it counts as old once it lingers
+            text = self._read(record.id, states.SEQUENCER, REPORT_LIMIT, pod) if pod else ""
             report = read_report(text)
             from_pod = states.executor_logs(objects.pod)
             if logs := self._executor_logs(record.id, report, from_pod, pod):
@@ -288,9 +290,9 @@ class Watcher:
         if self.store.transition(record.id, State.QUEUED):
             log.info("task %s: evicted, QUEUED again", record.id)
 
-    def _read(self, task_id: str, container: str, limit: int) -> str:
+    def _read(self, task_id: str, container: str, limit: int, pod: str | None = None) -> str:
         try:
-            return self.cluster.read_log(task_id, container, limit)
+            return self.cluster.read_log(task_id, container, limit, pod=pod)
         except ClusterError as exc:
             log.warning("task %s: cannot read the log of %s: %s", task_id, container, exc)
             return ""

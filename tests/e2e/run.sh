@@ -5,18 +5,26 @@
 #   tests/e2e/run.sh                 # everything
 #   tests/e2e/run.sh -k cancel       # extra arguments go to pytest
 #
-# Needs docker, kind and kubectl (docs/install-kind.md). Settings, from the environment:
-#   KIND_CLUSTER     kind cluster name                   (kueue-tes)
-#   KIND_NODE_IMAGE  kind node image, e.g. kindest/node:v1.33.1 (kind's default)
-#   KUEUE_VERSION    Kueue release; v0.15 or later       (v0.19.1)
+# Needs docker, kind (v0.32 or newer for the default node image) and kubectl
+# (docs/install-kind.md). Settings, from the environment:
+#   KIND_CLUSTER     kind cluster name                               (kueue-tes)
+#   KIND_NODE_IMAGE  kind node image                    (kindest/node:v1.36.1)
+#   KUEUE_VERSION    Kueue release: v0.15.0 or later                 (v0.19.2)
 #   SKIP_BUILD=1     use the kueue-tes:dev image already loaded
-#   PYTHON           the interpreter with pytest          (.venv/bin/python)
+#   PYTHON           the interpreter with pytest                      (.venv/bin/python)
+# The defaults are the Kueue release whose behaviour the code and docs describe (docs/kueue.md,
+# "Versions") and the node image Kueue's own e2e tests use with it (its hack/make/test.mk,
+# E2E_KIND_VERSION). Other supported releases differ where docs/kueue.md says; the unit and
+# integration tests cover both sides of each difference.
+# Everything goes through a kubeconfig of its own, created before the cluster: kind writes the
+# new cluster's context there, never into ~/.kube/config or the user's current context.
 # The cluster is left running for a look around; `kind delete cluster --name kueue-tes` ends it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 cluster=${KIND_CLUSTER:-kueue-tes}
-kueue_version=${KUEUE_VERSION:-v0.19.1}
+kueue_version=${KUEUE_VERSION:-v0.19.2}
+node_image=${KIND_NODE_IMAGE:-kindest/node:v1.36.1}
 python=${PYTHON:-.venv/bin/python}
 executor_image=busybox:1.36
 
@@ -33,14 +41,16 @@ fi
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "kind cluster $cluster"
-if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
-  kind create cluster --name "$cluster" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
-fi
-# A kubeconfig of its own, so that the suite cannot touch any other cluster.
+# A kubeconfig of its own, set before kind runs: `kind create cluster` writes the new context to
+# $KUBECONFIG, and the suite cannot touch any other cluster.
 KUBECONFIG="$(mktemp -t kueue-tes-e2e-kubeconfig.XXXXXX)"
 export KUBECONFIG
 trap 'rm -f "$KUBECONFIG"' EXIT
+
+step "kind cluster $cluster ($node_image)"
+if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+  kind create cluster --name "$cluster" --image "$node_image" --wait 180s
+fi
 kind get kubeconfig --name "$cluster" >"$KUBECONFIG"
 
 step "Kueue $kueue_version"

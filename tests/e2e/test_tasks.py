@@ -1,5 +1,6 @@
 """Real tasks on a real Kueue-managed cluster: success with S3 outputs, an executor error, cancel,
-a quota wait with Kueue's reason, and preemption by a higher priority class.
+a quota wait with Kueue's reason, preemption by a higher priority class, and a priority class
+that does not exist.
 
 Every task goes to the LocalQueue `e2e` (tests/e2e/manifests): 2 cpu, no cohort, preemption of
 lower priorities. A task of 1 cpu takes 1.1 of it (our sidecars), so a second one waits.
@@ -131,3 +132,13 @@ def test_higher_priority_task_preempts_and_the_victim_runs_again(tasks: Tes) -> 
     first = "\n".join(done["logs"][0].get("system_logs") or ()).lower()
     assert "preempt" in first or "evict" in first, done["logs"][0]
     assert "survived" in done["logs"][-1]["logs"][0].get("stdout", "")
+
+
+def test_a_missing_priority_class_fails_the_task_before_its_job_exists(tasks: Tes) -> None:
+    """Released Kueue says nothing about a WorkloadPriorityClass that does not exist: the worker
+    checks it, and the task ends in SYSTEM_ERROR naming it, with no Job created."""
+    task_id = tasks.create(task("no-class", ["true"], "no-such-class"))
+    done = tasks.finish(task_id)
+    assert done["state"] == "SYSTEM_ERROR", cluster.diagnose(task_id)
+    assert "WorkloadPriorityClass no-such-class does not exist" in system_logs(done)
+    assert not cluster.exists("job", f"tes-{task_id}", TASK_NS)

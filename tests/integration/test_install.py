@@ -78,6 +78,10 @@ ALLOWED_RULES: dict[str, dict[tuple[str, str], frozenset[str]]] = {
     },
     CONTROL_NS: {("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"})},
 }
+#: Cluster-wide, the worker reads Kueue WorkloadPriorityClasses (cluster-scoped objects) to fail
+#: a task whose class does not exist before its Job is created (issue 9, item 3). Nothing else.
+CLUSTER = ""
+ALLOWED_CLUSTER_RULES = {(KUEUE_GROUP, "workloadpriorityclasses"): frozenset({"get"})}
 #: What each process does need, so that least privilege does not become too little.
 NEEDED: dict[str, list[tuple[str, str, str, str]]] = {
     "kueue-tes-worker": [
@@ -88,6 +92,7 @@ NEEDED: dict[str, list[tuple[str, str, str, str]]] = {
         (TASK_NS, "", "configmaps", "delete"),
         (TASK_NS, "", "configmaps", "update"),
         (TASK_NS, "", "pods", "list"),
+        (CLUSTER, KUEUE_GROUP, "workloadpriorityclasses", "get"),
     ],
     "kueue-tes-watcher": [
         (TASK_NS, "batch", "jobs", "watch"),
@@ -515,15 +520,15 @@ def test_kueue_checker_catches_mistakes(patch: Any, complaint: str) -> None:
 
 @pytest.mark.parametrize("directory", OVERLAYS)
 def test_rbac_is_least_privilege(directory: str) -> None:
-    """No wildcard, nothing cluster-wide, no verb beyond the design's table, nothing for tasks."""
+    """No wildcard, no verb beyond the design's table (cluster-wide: one read), none for tasks."""
     objects = render(directory)
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     roles = {
         (r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(objects, "Role")
     }
+    roles.update({(CLUSTER, r["metadata"]["name"]): r for r in of_kind(objects, "ClusterRole")})
     problems = []
     for (namespace, name), role in roles.items():
-        allowed = ALLOWED_RULES.get(namespace)
+        allowed = ALLOWED_RULES.get(namespace) if namespace else ALLOWED_CLUSTER_RULES
         if allowed is None:
             problems.append(f"Role {namespace}/{name}: no Role belongs in {namespace}")
             continue
@@ -543,10 +548,11 @@ def test_rbac_is_least_privilege(directory: str) -> None:
     assert not problems, "\n".join(problems)
 
     granted: dict[str, set[tuple[str, str, str, str]]] = {}
-    for binding in of_kind(objects, "RoleBinding"):
-        namespace = binding["metadata"]["namespace"]
+    for binding in [*of_kind(objects, "RoleBinding"), *of_kind(objects, "ClusterRoleBinding")]:
+        namespace = binding["metadata"].get("namespace", CLUSTER)
         ref = binding["roleRef"]
-        assert ref["kind"] == "Role", f"{where(binding)} must bind a Role"
+        kind = "Role" if namespace else "ClusterRole"
+        assert ref["kind"] == kind, f"{where(binding)} must bind a {kind}"
         role = roles[(namespace, ref["name"])]
         for subject in binding["subjects"]:
             assert subject["kind"] == "ServiceAccount", f"{where(binding)}: {subject}"

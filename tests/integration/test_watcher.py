@@ -379,11 +379,18 @@ class ScriptedCluster:
                 self.current[(obs.task_id, obs.kind)] = obs
             yield Observation(obs.task_id, obs.kind, obs.name, copy.deepcopy(obs.obj))
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
-        """Return the prepared log of the task's pod (by pod name, else task) and record it."""
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
+        """Return the prepared log of the pod (as named, else shown; else the task's); record it."""
         self.reads.append((task_id, container))
         shown = self.current.get((task_id, "Pod"))
-        text = self.logs.get((shown.name if shown else "", container))
+        text = self.logs.get((pod or (shown.name if shown else ""), container))
         return (text or self.logs.get((task_id, container), ""))[-(limit_bytes or 0) :]
 
     def close(self) -> None:

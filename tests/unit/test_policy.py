@@ -165,3 +165,50 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUEUE_TES_GPU_RESOURCES", "nvidia")
     with pytest.raises(ValidationError, match="key=value"):
         Settings()
+
+
+SPOT = BASE.model_copy(
+    update={
+        "allowed_queues": ["team-a", "tes-spot"],
+        "preemptible_queue": "tes-spot",
+        "preemptible_priority_class": "tes-low",
+        "preemptible_node_selector": ["node.kubernetes.io/lifecycle=spot"],
+    }
+)
+
+
+def test_preemptible_tasks_go_to_the_preemptible_queue() -> None:
+    """KUEUE_TES_PREEMPTIBLE_QUEUE takes every preemptible task; a named queue is dropped."""
+    assert policy.check(_task(preemptible=True), SPOT, DEFAULT_BACKEND_PARAMETERS) == ({}, [])
+    assert policy.placement({"preemptible": True}, SPOT).queue == "tes-spot"
+    named = _task(preemptible=True, backend_parameters={"queue": "team-a"})
+    kept, notes = policy.check(named, SPOT, DEFAULT_BACKEND_PARAMETERS)
+    assert kept == {} and notes == [
+        "backend parameter 'queue' was ignored: preemptible tasks run in LocalQueue tes-spot"
+    ]
+    # Even a stored task that kept another queue (stored before the setting) goes there.
+    stored = {"preemptible": True, "backend_parameters": {"queue": "team-a"}}
+    assert policy.placement(stored, SPOT).queue == "tes-spot"
+    assert policy.placement({"backend_parameters": {"queue": "team-a"}}, SPOT).queue == "team-a"
+    same = _task(preemptible=True, backend_parameters={"queue": "tes-spot"})
+    assert policy.check(same, SPOT, DEFAULT_BACKEND_PARAMETERS) == ({"queue": "tes-spot"}, [])
+    strict = _task(strict=True, preemptible=True, backend_parameters={"queue": "team-a"})
+    with pytest.raises(policy.InvalidTask) as caught:
+        policy.check(strict, SPOT, DEFAULT_BACKEND_PARAMETERS)
+    assert caught.value.field == "resources.backend_parameters.queue"
+    assert "preemptible tasks run in LocalQueue tes-spot" in caught.value.message
+
+
+def test_a_routes_queue_does_not_take_preemptible_tasks() -> None:
+    """A team's route sends its tasks to its queue, its preemptible ones to the spot queue."""
+    team = policy.Envelope(queue="team-a", queues=("team-a",))
+    kept, _ = policy.check(_task(preemptible=True), SPOT, DEFAULT_BACKEND_PARAMETERS, team)
+    assert kept == {}
+    kept, _ = policy.check(_task(), SPOT, DEFAULT_BACKEND_PARAMETERS, team)
+    assert kept == {"queue": "team-a"}
+
+
+def test_a_preemptible_queue_alone_is_preemptible_capacity() -> None:
+    """The queue is enough configuration for preemptible not to be ignored."""
+    alone = BASE.model_copy(update={"preemptible_queue": "tes-spot"})
+    assert policy.check(_task(preemptible=True), alone, []) == ({}, [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 #: Labels every object we create carries.
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -61,9 +61,17 @@ class Cluster(Protocol):
         """Yield changes as they happen, for at most ``timeout`` seconds."""
         ...
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
         """Return a container's log of the task's pod (at most ``limit_bytes``), or "".
 
+        ``pod`` names the pod (the watcher's current one); default: the task's newest.
         Kubernetes returns the first ``limit_bytes``, the local runtime the last; the
         sequencer's report is far smaller than the limit the watcher asks for.
         """
@@ -71,4 +79,13 @@ class Cluster(Protocol):
 
     def close(self) -> None:
         """Stop background work and release resources."""
+        ...
+
+
+@runtime_checkable
+class PriorityClasses(Protocol):
+    """A cluster that can tell whether a Kueue WorkloadPriorityClass exists (Kubernetes can)."""
+
+    def priority_class_exists(self, name: str) -> bool:
+        """Tell whether the WorkloadPriorityClass ``name`` exists (a cluster-scoped read)."""
         ...

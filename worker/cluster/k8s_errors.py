@@ -19,6 +19,9 @@ CONFIGMAPS = "configmaps"
 WORKLOADS = "workloads.kueue.x-k8s.io"
 LEASES = "leases.coordination.k8s.io"
 EVENTS = "events"
+PRIORITY_CLASSES = "workloadpriorityclasses.kueue.x-k8s.io"
+#: Resources that live in no namespace: RBAC for them is a ClusterRole.
+CLUSTER_SCOPED = frozenset({PRIORITY_CLASSES})
 
 
 class NotFound(PermanentError):
@@ -70,7 +73,18 @@ def from_status(
 ) -> ClusterError:
     """Return our error for an API answer of ``status`` to ``verb`` on ``resource``."""
     what = message(body) or "no message"
-    where = f"{verb} {resource} in namespace {namespace}"
+    scoped = resource in CLUSTER_SCOPED
+    where = f"{verb} {resource} " + ("(cluster-scoped)" if scoped else f"in namespace {namespace}")
+    if scoped and status == 403:
+        return PermanentError(
+            f"the service account lacks RBAC for {where} ({what}); grant it with a "
+            "ClusterRole and ClusterRoleBinding (see docs/kubernetes-backend.md)"
+        )
+    if scoped and status == 404 and " not found" not in what:
+        return NotFound(
+            f"{where}: not found ({what}); the cluster does not serve kueue.x-k8s.io/v1beta2 "
+            "WorkloadPriorityClasses: install Kueue v0.15 or newer"
+        )
     if status == 404:
         return NotFound(f"{where}: not found ({what}); {_hint_404(verb, resource, namespace)}")
     if status == 409:

@@ -32,7 +32,16 @@ from worker.cluster.base import (
     PermanentError,
     TransientError,
 )
-from worker.cluster.k8s_errors import CONFIGMAPS, EVENTS, JOBS, LEASES, POD_LOGS, PODS, WORKLOADS
+from worker.cluster.k8s_errors import (
+    CONFIGMAPS,
+    EVENTS,
+    JOBS,
+    LEASES,
+    POD_LOGS,
+    PODS,
+    PRIORITY_CLASSES,
+    WORKLOADS,
+)
 from worker.cluster.k8s_index import Index
 from worker.cluster.k8s_watch import Listing
 
@@ -289,6 +298,24 @@ class KubernetesCluster:
             # A submit that stopped between its two creates can leave the ConfigMap alone.
             log.info("task %s: orphaned ConfigMap %s deleted", task_id, name)
 
+    def priority_class_exists(self, name: str) -> bool:
+        """Tell whether the Kueue WorkloadPriorityClass ``name`` exists (cluster-scoped GET)."""
+        try:
+            self._json(
+                "get",
+                PRIORITY_CLASSES,
+                self._custom.get_cluster_custom_object,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                "workloadpriorityclasses",
+                name,
+            )
+        except k8s_errors.NotFound as exc:
+            if f'"{name}" not found' in str(exc):
+                return False
+            raise
+        return True
+
     def exists(self, task_id: str) -> bool:
         """Tell whether the task's Job, or a pod of the task, exists."""
         try:
@@ -317,13 +344,24 @@ class KubernetesCluster:
         """Yield changes as they happen, for at most ``timeout`` seconds."""
         return self._watches.drain(timeout)
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
-        """Return a container's log in the task's newest pod (at most ``limit_bytes``), or ""."""
-        pods = self._task_pods(task_id)
-        if not pods:
-            return ""
-        pod = max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
-        name = pod["metadata"]["name"]
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
+        """Return a container's log in the pod ``pod``, else the task's newest, or ""."""
+        name = pod
+        if name is None:
+            pods = self._task_pods(task_id)
+            if not pods:
+                return ""
+            newest = max(
+                pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or "")
+            )
+            name = str(newest["metadata"]["name"])
         try:
             response = self._call(
                 "get",

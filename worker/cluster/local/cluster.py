@@ -201,12 +201,20 @@ class LocalCluster:
             if time.monotonic() >= deadline:
                 return
 
-    def read_log(self, task_id: str, container: str, limit_bytes: int | None = None) -> str:
-        """Return the last ``limit_bytes`` of a container's current log, or ""."""
+    def read_log(
+        self,
+        task_id: str,
+        container: str,
+        limit_bytes: int | None = None,
+        *,
+        pod: str | None = None,
+    ) -> str:
+        """Return the last ``limit_bytes`` of a container's log in ``pod`` (default: current)."""
         with self._lock:
             task = self._tasks.get(task_id)
-            pod = None if task is None or task.pod is None else str(task.pod["metadata"]["name"])
-        if pod is None or "/" in container:
+            current = None if task is None or task.pod is None else task.pod["metadata"]["name"]
+        pod = pod or (None if current is None else str(current))
+        if pod is None or "/" in container or "/" in pod or pod.startswith("."):
             return ""
         path = self._root / pod / "logs" / f"{container}.log"
         try:
