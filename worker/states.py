@@ -169,8 +169,8 @@ def _object(text: object) -> Json:
     return value if isinstance(value, dict) else {}
 
 
-def _executors(pod: Json | None) -> list[Json]:
-    init = _statuses(pod, "initContainerStatuses")
+def _executors(pod: Json | None, all_containers: bool = False) -> list[Json]:
+    init = _statuses(pod) if all_containers else _statuses(pod, "initContainerStatuses")
     return [s for s in init if str(s.get("name", "")).startswith("executor-")]
 
 
@@ -299,13 +299,23 @@ def _pull_failure(pod: Json | None, timing: Timing) -> Decision | None:
 def _pod_notes(pod: Json | None, timing: Timing) -> list[str]:
     grace = f"the task fails if it still fails after {timing.image_pull_grace:g} s"
     notes = [
-        f"{_who(str(s.get('name')))}: pulling the image {_image(pod, s)} fails; {grace}"
+        f"{_who(str(s.get('name')))}: pulling the image {_image(pod, s)} fails "
+        f"({_why(_state(s, 'waiting'))}); {grace}"
         for s in _pull_errors(pod)
     ]
     scheduled = condition(pod, "PodScheduled") or {}
     if scheduled.get("status") == "False" and scheduled.get("message"):
         notes.append(WAITING_NODE + str(scheduled["message"]))
     return notes
+
+
+def _image_notes(pod: Json | None) -> list[str]:
+    # kubelet's imageID is the digest the image resolved to: what the executor really ran.
+    return [
+        f"{_who(str(s.get('name')))} ran {_image(pod, s)} as {s['imageID']}"
+        for s in _executors(pod, all_containers=True)
+        if s.get("imageID") and _ran(s)
+    ]
 
 
 def waits(objects: Objects) -> set[str]:
@@ -354,8 +364,9 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
         return Decision(State.QUEUED, _waiting(workload))
     failed = _oom(pod) or _pull_failure(pod, timing) or _ended(pod, job)
     if failed is not None:
+        failed.system_logs[:0] = _image_notes(pod)
         return failed
-    notes = _pod_notes(pod, timing)
+    notes = _image_notes(pod) + _pod_notes(pod, timing)
     if any(_ran(s) for s in _executors(pod)):
         return Decision(State.RUNNING, notes, executor_logs=executor_logs(pod))
     return Decision(State.INITIALIZING, notes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.cluster.local import reference, rootfs, unpacker
+from worker.cluster.base import PermanentError
+from worker.cluster.local import reference, registry, rootfs, unpacker
 from worker.cluster.local.reference import InvalidReference, Platform, Reference
 from worker.cluster.local.registry import PullError, Registry
 
@@ -93,41 +95,6 @@ class _Flights:
                 del self._running[key]
 
 
-def _config(ref: Reference, data: bytes, platform: Platform, layers: int) -> dict[str, Any]:
-    """Return what we keep of an image config; check its platform and its layer count."""
-    try:
-        doc = json.loads(data)
-        diff_ids = [str(d) for d in doc["rootfs"]["diff_ids"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PullError(f"{ref.canonical}: its image config is not valid: {exc}") from exc
-    seen = {"os": doc.get("os"), "architecture": doc.get("architecture")}
-    if doc.get("variant"):
-        seen["variant"] = doc["variant"]
-    if seen["os"] and seen["architecture"] and not platform.matches(seen):
-        built = "/".join(str(v) for v in seen.values())
-        raise PullError(
-            f"{ref.canonical}: no match for platform {platform} (it is built for {built})"
-        )
-    if len(diff_ids) != layers:
-        raise PullError(
-            f"{ref.canonical}: its config lists {len(diff_ids)} layers, the manifest {layers}"
-        )
-    config = doc.get("config") or {}
-
-    def strings(key: str) -> list[str] | None:
-        value = config.get(key)
-        return None if value is None else [str(v) for v in value]
-
-    return {
-        "env": strings("Env") or [],
-        "entrypoint": strings("Entrypoint"),
-        "cmd": strings("Cmd"),
-        "working_dir": str(config.get("WorkingDir") or ""),
-        "user": str(config.get("User") or ""),
-        "diff_ids": diff_ids,
-    }
-
-
 class ImageStore:
     """Pulls and caches images for the local runtime's containers."""
 
@@ -149,6 +116,16 @@ class ImageStore:
             "blobs": {},
         }
         self.downloads = 0  # layer blobs fetched from registries, for tests and logs
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._lockfile = (self._dir / ".lock").open("w")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lockfile.close()
+            raise PermanentError(
+                f"another kueue-tes process uses the image cache in {self._dir}; run one "
+                "`kueue-tes serve` per data directory"
+            ) from exc
         self._load()
 
     # -- what pods call ---------------------------------------------------------------------
@@ -244,7 +221,7 @@ class ImageStore:
         self, ref: Reference, config_digest: str, layers: tuple[dict[str, Any], ...]
     ) -> dict[str, Any]:
         data, _ = self._registry.document(ref, f"blobs/{config_digest}", config_digest)
-        config = _config(ref, data, self.platform, len(layers))
+        config = registry.image_config(ref, data, self.platform, len(layers))
         diff_ids = config.pop("diff_ids")
         out = []
         for layer, diff_id in zip(layers, diff_ids, strict=True):

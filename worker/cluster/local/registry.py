@@ -325,6 +325,41 @@ def choose(
     )
 
 
+def image_config(ref: Reference, data: bytes, platform: Platform, layers: int) -> dict[str, Any]:
+    """Return what the runtime keeps of an image config; check its platform and layer count."""
+    try:
+        doc = json.loads(data)
+        diff_ids = [str(d) for d in doc["rootfs"]["diff_ids"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PullError(f"{ref.canonical}: its image config is not valid: {exc}") from exc
+    seen = {"os": doc.get("os"), "architecture": doc.get("architecture")}
+    if doc.get("variant"):
+        seen["variant"] = doc["variant"]
+    if seen["os"] and seen["architecture"] and not platform.matches(seen):
+        built = "/".join(str(v) for v in seen.values())
+        raise PullError(
+            f"{ref.canonical}: no match for platform {platform} (it is built for {built})"
+        )
+    if len(diff_ids) != layers:
+        raise PullError(
+            f"{ref.canonical}: its config lists {len(diff_ids)} layers, the manifest {layers}"
+        )
+    config = doc.get("config") or {}
+
+    def strings(key: str) -> list[str] | None:
+        value = config.get(key)
+        return None if value is None else [str(v) for v in value]
+
+    return {
+        "env": strings("Env") or [],
+        "entrypoint": strings("Entrypoint"),
+        "cmd": strings("Cmd"),
+        "working_dir": str(config.get("WorkingDir") or ""),
+        "user": str(config.get("User") or ""),
+        "diff_ids": diff_ids,
+    }
+
+
 def _json(ref: Reference, data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
