@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -229,6 +230,7 @@ class Registry:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     tokens: TokenService | None = None
+    names: dict[str, str] = field(default_factory=dict)  # the test images, by role
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -246,7 +248,7 @@ class Registry:
         lines = [
             "version: 0.1",
             "log: {level: info, accesslog: {disabled: false}}",
-            f"storage: {{filesystem: {{rootdirectory: {self.workdir / 'data'}}}, delete: {{enabled: true}}}}",
+            f"storage: {{filesystem: {{rootdirectory: {self.workdir / 'data'}}}}}",
             f"http: {{addr: '127.0.0.1:{self.port}', secret: {uuid.uuid4().hex}}}",
         ]
         if self.users is not None:
@@ -388,14 +390,6 @@ def host_architecture() -> tuple[str, str]:
     return here.architecture, here.variant
 
 
-@dataclass
-class Images:
-    """The images the tests build, pushed to one registry; names are full references."""
-
-    registry: Registry
-    names: dict[str, str] = field(default_factory=dict)
-
-
 def running_registry(workdir: Path, users: Mapping[str, str] | None = None) -> Iterator[Registry]:
     """Yield a started registry; stop it afterwards (a generator for fixtures)."""
     registry = Registry(workdir, users)
@@ -412,6 +406,99 @@ def need_registry() -> str | None:
         return "docker-registry is not installed (apt-get install docker-registry)"
     if shutil.which("busybox") is None:
         return "busybox is not installed (apt-get install busybox-static)"
-    if os.geteuid() != 0 and False:
-        return "root"
     return None
+
+
+def other_platform() -> dict[str, str]:
+    """Return a platform that is not this machine's, for images it must not run."""
+    here, _ = host_architecture()
+    return {"os": "linux", "architecture": "s390x" if here != "s390x" else "amd64"}
+
+
+def push_test_images(registry: Registry) -> dict[str, str]:
+    """Build and push the images the tests use; return their full references by role.
+
+    * ``marker``: busybox and /etc/marker (Docker v2 manifest);
+    * ``config``: the same with Entrypoint, Cmd, Env and WorkingDir (OCI manifest);
+    * ``multi``: an index: this platform's image (marker "mine"), another's, an attestation;
+    * ``lacking``: an index with another platform only;
+    * ``whiteout``: a second layer deletes /etc/doomed and empties /opt/old (opaque);
+    * ``noshell``: no /bin/sh, only /app/busybox and /etc/marker.
+    """
+    arch, variant = host_architecture()
+    here = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+    base = layer(busybox_root(marker="marker from the image\n"))
+    names: dict[str, str] = {}
+    registry.push_image("tests/marker", "1", [base], config([base], arch))
+    names["marker"] = f"{registry.host}/tests/marker:1"
+    workdir = layer({"srv": {}, "srv/app": {}})
+    settings = config(
+        [base, workdir], arch, Entrypoint=["/bin/echo", "entry"], Cmd=["from-cmd"],
+        Env=["FROM_IMAGE=image", "SHARED=image", "PATH=/bin:/image/bin"], WorkingDir="/srv/app",
+    )  # fmt: skip
+    registry.push_image("tests/config", "1", [base, workdir], settings, oci=True)
+    names["config"] = f"{registry.host}/tests/config:1"
+    mine = layer(busybox_root(marker="mine\n"))
+    theirs = layer({"etc": {}, "etc/marker": b"theirs\n"})
+    entries = []
+    for blob, platform in ((theirs, other_platform()), (mine, here)):
+        tag, built = f"p-{platform['architecture']}", config([blob], platform["architecture"])
+        digest, body = registry.push_image("tests/multi", tag, [blob], built, oci=True)
+        entries.append((digest, body, platform))
+    entries.append((entries[0][0], entries[0][1], {"os": "unknown", "architecture": "unknown"}))
+    registry.push_index("tests/multi", "1", entries)
+    names["multi"] = f"{registry.host}/tests/multi:1"
+    other = other_platform()
+    built = config([theirs], other["architecture"])
+    digest, body = registry.push_image("tests/lacking", "other", [theirs], built, oci=True)
+    registry.push_index("tests/lacking", "1", [(digest, body, other)])
+    names["lacking"] = f"{registry.host}/tests/lacking:1"
+    lower = dict(busybox_root())
+    lower.update({"etc/doomed": b"doomed\n", "opt": {}, "opt/old": {}, "opt/old/a": b"a\n"})
+    upper = layer({"etc/doomed": None, "opt/old/c": b"c\n"}, opaque=("opt/old",))
+    first = layer(lower)
+    registry.push_image("tests/whiteout", "1", [first, upper], config([first, upper], arch))
+    names["whiteout"] = f"{registry.host}/tests/whiteout:1"
+    bare = layer({"app": {}, "app/busybox": busybox_root()["bin/busybox"], "etc": {},
+                  "etc/marker": b"no shell here\n"})  # fmt: skip
+    registry.push_image("tests/noshell", "1", [bare], config([bare], arch))
+    names["noshell"] = f"{registry.host}/tests/noshell:1"
+    return names
+
+
+@pytest.fixture(scope="module")
+def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry with no auth holding the test images (``open_registry.names``)."""
+    reason = need_registry()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    registry.start()
+    try:
+        registry.names = push_test_images(registry)
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry behind its token service: ``public/box:1`` for all, ``private/box:1`` for
+    alice (password ``secret``)."""
+    reason = need_registry()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    registry = Registry(tmp_path_factory.mktemp("private-registry"), users={"alice": "secret"})
+    registry.start()
+    try:
+        arch, _ = host_architecture()
+        box = layer(busybox_root(marker="private marker\n"))
+        for repository in ("private/box", "public/box"):
+            registry.push_image(repository, "1", [box], config([box], arch))
+        yield registry
+    finally:
+        registry.stop()

@@ -166,6 +166,7 @@ class ImageStore:
                 known = self._index["refs"].get(ref.canonical)
                 held = None if known is None else self._hold(ref, known)
             if held is not None:
+                self._evict()  # only now: what was just unpacked is held, so it stays
                 return held
         raise ImageError(
             ERR_IMAGE_PULL, f"{ref.canonical}: evicted from the cache as it was pulled"
@@ -265,7 +266,6 @@ class ImageStore:
             "image %s: %d layers unpacked (%d downloaded) in %.1f s, %d bytes",
             ref.canonical, len(layers), len(fetched), time.monotonic() - started, tree.size,
         )  # fmt: skip
-        self._evict()
 
     # -- the index --------------------------------------------------------------------------
 

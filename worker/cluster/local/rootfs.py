@@ -119,9 +119,13 @@ class Tree:
         if not rel:
             raise LayerError(f"hard link {member.name!r} points at the root")
         parent_rel, base = posixpath.split(rel)
-        target = os.path.join(self._inside(parent_rel, create=False), base)
+        missing = LayerError(f"hard link {member.name!r} points at {member.linkname!r}, missing")
+        try:
+            target = os.path.join(self._inside(parent_rel, create=False), base)
+        except LayerError as exc:
+            raise missing from exc
         if _lstat(target) is None:
-            raise LayerError(f"hard link {member.name!r} points at {member.linkname!r}, missing")
+            raise missing
         return target
 
     def _remove(self, path: str) -> None:
