@@ -390,9 +390,8 @@ def image_cluster(tmp_path: Path, open_registry: Registry) -> Iterator[Callable[
         return cluster
 
     yield make
-    for cluster, source in made:
+    for cluster, _ in made:
         cluster.close()
-        source.close()
 
 
 def _run(

@@ -11,9 +11,10 @@ asks for it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,21 @@ class ImageSource:
     overlay: bool  # writable layers can be mounted here
     volatile: bool = True
     why_read_only: str = ""  # why not, when not
-    pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="image-pull")
-    )
+    pulls: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
 
-    def close(self) -> None:
-        """Stop taking pulls (those under way finish in the background)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def pull(self, image: str, policy: str) -> Future[Image]:
+        """Pull in a thread of its own (a daemon: a hung registry never holds the server up)."""
+        future: Future[Image] = Future()
+
+        def run() -> None:
+            with self.pulls:
+                try:
+                    future.set_result(self.store.pull(image, policy))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        threading.Thread(target=run, name=f"pull {image}", daemon=True).start()
+        return future
 
 
 class PodImages:
@@ -84,7 +93,7 @@ class PodImages:
         if found is not None:
             self._keep(name, found)
             return None
-        future = self._source.pool.submit(self._source.store.pull, image, policy)
+        future = self._source.pull(image, policy)
         future.add_done_callback(lambda _: wake())
         return future
 
