@@ -4,6 +4,7 @@ loopback (Debian's docker-registry, tests/registry.py), and containers run on im
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from tests.integration.test_local_cluster import (
     make_job,
 )
 from tests.registry import Registry
-from worker.cluster.local import LocalCluster, layers, reference, rootfs
+from worker.cluster.local import LocalCluster, layers, reference, rootfs, streams
 from worker.cluster.local.images import ImageError, ImageStore
 from worker.cluster.local.podimages import ImageSource
 from worker.cluster.local.reference import InvalidReference, Platform
@@ -190,6 +191,19 @@ def test_layers_never_write_outside_the_root(tmp_path: Path) -> None:
         tree.apply(_tar(("../../etc/x", "file", b"x")))
     with pytest.raises(rootfs.LayerError, match="missing"):
         tree.apply(_tar(("link", "hardlink", "no/such/file")))
+
+
+def test_gzip_streams_with_several_members_padding_and_a_cut() -> None:
+    two = gzip.compress(b"first ") + gzip.compress(b"second" * 100_000) + b"\0" * 1024
+    gunzip = streams.decompressed(io.BytesIO(two))
+    assert b"".join(iter(lambda: gunzip.read(4096), b"")) == b"first " + b"second" * 100_000
+    assert streams.decompressed(io.BytesIO(b"plain tar")).read() == b"plain tar"
+    cut = streams.decompressed(io.BytesIO(gzip.compress(b"x" * 100_000)[:-12]))
+    with pytest.raises(EOFError, match="ended before"):
+        while cut.read(4096):
+            pass
+    with pytest.raises(streams.UnsupportedCompression, match="zstd"):
+        streams.decompressed(io.BytesIO(b"\x28\xb5\x2f\xfd rest"))
 
 
 # -- the cache against a real registry ------------------------------------------------------------

@@ -10,9 +10,7 @@ blob file is renamed into the cache only once its digest is checked.
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
-import io
 import logging
 import os
 import uuid
@@ -20,50 +18,15 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from worker.cluster.local import rootfs
+from worker.cluster.local import rootfs, streams
 from worker.cluster.local.reference import Reference
 from worker.cluster.local.registry import PullError, Registry
 
 logger = logging.getLogger(__name__)
-
-_CHUNK = 1024 * 1024
-_GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-
-
-class _Hashing(io.RawIOBase):
-    """Reads through to ``source``, hashing what passes and copying it to ``sink``."""
-
-    def __init__(self, source: Any, sink: IO[bytes] | None = None) -> None:
-        self.source, self.sink = source, sink
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.source.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        if n:
-            self.hash.update(data)
-            self.size += n
-            if self.sink is not None:
-                self.sink.write(data)
-        return n
-
-    def drain(self) -> None:
-        """Read what is left (padding after the archive's end), so that the digest is whole."""
-        while self.read(_CHUNK):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,16 +42,6 @@ def blob_path(blobs: Path, digest: str) -> Path:
     """Return where a blob lives in the cache."""
     algorithm, _, hexdigest = digest.partition(":")
     return blobs / algorithm / hexdigest
-
-
-def _decompressed(raw: io.RawIOBase, what: str) -> io.BufferedIOBase:
-    buffered = io.BufferedReader(raw, _CHUNK)
-    magic = buffered.peek(4)[:4]
-    if magic.startswith(_GZIP):
-        return gzip.GzipFile(fileobj=buffered, mode="rb")
-    if magic.startswith(_ZSTD):
-        raise PullError(f"{what} is zstd-compressed, which the local runtime cannot unpack yet")
-    return buffered
 
 
 def apply_layers(
@@ -107,7 +60,7 @@ def apply_layers(
                 fetched.append(layer.digest)
         except rootfs.LayerError as exc:
             raise PullError(f"{what}: {exc}") from exc
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except (EOFError, zlib.error) as exc:
             raise PullError(f"{what} is not a valid compressed tar: {exc}") from exc
         except Urllib3Error as exc:
             raise PullError(f"downloading {what} failed: {exc}") from exc
@@ -128,7 +81,7 @@ def _apply(
     cached = blob_path(blobs, layer.digest)
     if cached.is_file():
         with cached.open("rb") as handle:
-            _unpack(_Hashing(handle), layer, tree, what, check_blob=False)
+            _unpack(streams.Hashing(handle, hashed=False), layer, tree, what, check_blob=False)
         os.utime(cached)
         return False
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +89,7 @@ def _apply(
     response = registry.blob(ref, layer.digest)
     try:
         with partial.open("wb") as sink:
-            _unpack(_Hashing(response, sink), layer, tree, what, check_blob=True)
+            _unpack(streams.Hashing(response, sink), layer, tree, what, check_blob=True)
         partial.rename(cached)
     finally:
         response.release_conn()
@@ -144,11 +97,19 @@ def _apply(
     return True
 
 
-def _unpack(raw: _Hashing, layer: Layer, tree: rootfs.Tree, what: str, check_blob: bool) -> None:
-    plain = _Hashing(_decompressed(raw, what))
-    tree.apply(cast(IO[bytes], plain))
-    plain.drain()
-    raw.drain()
+def _unpack(
+    raw: streams.Hashing, layer: Layer, tree: rootfs.Tree, what: str, check_blob: bool
+) -> None:
+    ahead = streams.Prefetched(raw)
+    try:
+        plain = streams.Hashing(streams.decompressed(ahead))
+        tree.apply(cast(IO[bytes], plain))
+        plain.drain()
+        ahead.drain()
+    except streams.UnsupportedCompression as exc:
+        raise PullError(f"{what}: {exc}") from exc
+    finally:
+        ahead.close()
     if check_blob and raw.digest != layer.digest:
         raise PullError(f"{what}: the registry sent bytes with digest {raw.digest}")
     if check_blob and layer.size and raw.size != layer.size:
