@@ -108,9 +108,13 @@ def busybox_root(marker: str | None = None, shell: bool = True) -> dict[str, Ent
     busybox = Path(shutil.which("busybox") or "/bin/busybox").read_bytes()
     entries: dict[str, Entry] = {"bin": {}, "etc": {}, "tmp": {"mode": 0o1777}}
     entries["bin/busybox"] = busybox
-    if shell:
-        for applet in ("sh", "cat", "echo", "ls", "env", "pwd", "true", "test", "sleep", "id"):
-            entries[f"bin/{applet}"] = ("symlink", "busybox")
+    if shell:  # every applet, as a busybox image has them
+        busybox_path = shutil.which("busybox") or "/bin/busybox"
+        found = subprocess.run([busybox_path, "--list"], capture_output=True, text=True, check=True)
+        listed = found.stdout.split()
+        for applet in listed:
+            if applet != "busybox":
+                entries[f"bin/{applet}"] = ("symlink", "busybox")
     entries["etc/passwd"] = b"root:x:0:0:root:/root:/bin/sh\n"
     if marker is not None:
         entries["etc/marker"] = marker.encode()

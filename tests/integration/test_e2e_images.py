@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import registry as testreg
+from tests.conftest import ROOT
 from tests.integration.e2e_support import Json, Server, serve_env, serving, show
 from tests.registry import Registry
 
@@ -138,3 +139,21 @@ def test_twenty_tasks_on_a_new_image_pull_it_once(world: World) -> None:
         assert _ran(done[task_id])["stdout"] == "one of twenty\n", show(done[task_id])
     # The layer and the config, once each, for twenty tasks that started together.
     assert world.open.blob_fetches("tests/twenty-e2e") == 2
+
+
+def test_the_readmes_example_runs_on_images(world: World) -> None:
+    """manifests/examples/two-step.json, its alpine:3.20 standing in for the test busybox image
+    (no Internet here), its results sent to this test's file root."""
+    task = json.loads((ROOT / "manifests" / "examples" / "two-step.json").read_text())
+    for executor in task["executors"]:
+        assert executor["image"] == "alpine:3.20"
+        executor["image"] = world.images["marker"]
+    results = world.roots / "readme"
+    task["outputs"][0]["url"] = f"file://{results}"
+    done = world.server.wait_all([world.server.create(task)], timeout=60)
+    (finished,) = done.values()
+    assert finished["state"] == "COMPLETE", show(finished)
+    assert (results / "shout.txt").read_text() == "HELLO FROM KUEUE-TES\n"
+    assert (results / "count.txt").read_text().split() == ["21", "/data/out/shout.txt"]
+    ran = [line for line in finished["logs"][-1]["system_logs"] if " ran " in line]
+    assert len(ran) == 2, show(finished)
