@@ -380,6 +380,18 @@ def test_a_full_disk_says_so(tmp_path: Path, open_registry: Registry) -> None:
         layers.unmount(str(small))
 
 
+@pytest.mark.skipif(
+    not os.environ.get("KUEUE_TES_TEST_NETWORK"),
+    reason="pulls from Docker Hub: set KUEUE_TES_TEST_NETWORK=1 where the Internet is reachable",
+)
+def test_a_public_multi_platform_image_from_docker_hub(tmp_path: Path) -> None:
+    """Docker Hub's anonymous bearer tokens, its index, its redirects to blob storage."""
+    store = ImageStore(tmp_path / "images", Client(), 10 * GiB)
+    image = store.pull("busybox:1.36", "IfNotPresent")
+    assert Path(image.root, "bin/busybox").is_file() and image.cmd == ("sh",)
+    assert image.image_id.startswith("docker.io/library/busybox@sha256:")
+
+
 # -- containers on their images -------------------------------------------------------------------
 
 
