@@ -34,6 +34,7 @@ PULL_RETRIED = frozenset({"ErrImagePull", "ImagePullBackOff"})
 PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 #: System log lines that describe the present; a newer one replaces its predecessor in place.
 WAITING_KUEUE, WAITING_NODE = "waiting for Kueue: ", "waiting for a node: "
+WAITING_IMAGE = "waiting for an image: "
 NO_WORKLOAD = "no-workload"
 _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
 _NOT_FOUND = re.compile(r'"([^"]+)" not found')
@@ -298,8 +299,10 @@ def _pull_failure(pod: Json | None, timing: Timing) -> Decision | None:
 
 def _pod_notes(pod: Json | None, timing: Timing) -> list[str]:
     grace = f"the task fails if it still fails after {timing.image_pull_grace:g} s"
+    # The registry's words change with each try (ErrImagePull, then ImagePullBackOff): the
+    # line says why the pull fails now, in place of the one before.
     notes = [
-        f"{_who(str(s.get('name')))}: pulling the image {_image(pod, s)} fails "
+        f"{WAITING_IMAGE}{_who(str(s.get('name')))}: pulling {_image(pod, s)} fails "
         f"({_why(_state(s, 'waiting'))}); {grace}"
         for s in _pull_errors(pod)
     ]
@@ -380,7 +383,8 @@ def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
     for note in notes:
         if note in out:
             continue
-        prefix = next((p for p in (WAITING_KUEUE, WAITING_NODE) if note.startswith(p)), None)
+        waits = (WAITING_KUEUE, WAITING_NODE, WAITING_IMAGE)
+        prefix = next((p for p in waits if note.startswith(p)), None)
         if prefix and out and out[-1].startswith(prefix):
             out[-1] = note
         else:

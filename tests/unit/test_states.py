@@ -229,8 +229,8 @@ def test_image_pull_error_is_noted_then_fails_after_the_grace() -> None:
     )
     assert early.state is State.INITIALIZING and not early.finished
     assert early.system_logs == [
-        'executor 0: pulling the image nope:1 fails (ErrImagePull: pull access denied for "nope"); '
-        "the task fails if it still fails after 60 s"
+        "waiting for an image: executor 0: pulling nope:1 fails (ErrImagePull: pull access denied "
+        'for "nope"); the task fails if it still fails after 60 s'
     ]
     late = states.decide(
         State.INITIALIZING, objects, states.Timing(T0 + 61, {"pull:executor-0": T0}, 60.0)
