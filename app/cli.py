@@ -46,6 +46,7 @@ def _check_security(settings: Settings, command: str) -> Any:
 def _local_cluster(settings: Settings) -> Any:
 
     from worker.cluster.base import PermanentError
+    from worker.cluster.local import podimages
     from worker.cluster.local.cluster import LocalCluster
 
     cpu = settings.local_cpu or float(os.cpu_count() or 1)
@@ -58,33 +59,12 @@ def _local_cluster(settings: Settings) -> Any:
     ours = {sys.prefix, str(Path(app.__file__).resolve().parents[1])}
     keep = tuple(sorted(p for p in ours if Path(p).is_relative_to("/tmp")))
     try:
-        images = _image_source(settings)
+        images = podimages.from_settings(settings)
         return LocalCluster(
             settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap, keep=keep, images=images
         )
     except (PermanentError, ValueError) as exc:  # ValueError: a registry auth file unread
         sys.exit(f"kueue-tes serve: {exc}")
-
-
-def _image_source(settings: Settings) -> Any:
-    """Return how the local runtime pulls and runs images, or None in host mode."""
-    if settings.local_images == "host":
-        return None
-    from worker.cluster.local import layers
-    from worker.cluster.local.images import ImageStore
-    from worker.cluster.local.podimages import ImageSource
-    from worker.cluster.local.registry import Registry, load_credentials
-
-    registry = Registry(
-        credentials=load_credentials(settings.registry_auth_file),
-        insecure=frozenset(settings.insecure_registries),
-    )
-    store = ImageStore(settings.data_dir / "images", registry, settings.image_cache_bytes)
-    (settings.data_dir / "local").mkdir(parents=True, exist_ok=True)
-    overlay, volatile, why = layers.probe(settings.data_dir / "local")
-    if not overlay:
-        log.warning("containers get their images' root file systems read-only: %s", why)
-    return ImageSource(store, frozenset({settings.image}), overlay, volatile, why)
 
 
 def _watcher(settings: Settings, task_store: Any, cluster: Any, task_queue: Any) -> Any:

@@ -47,13 +47,7 @@ class PodRunner:
         self._on_status = on_status
         self._task, self._bwrap, self._keep = task_id, bwrap, keep
         self._images = podimages.PodImages(
-            images,
-            pod_dir,
-            self._wait_any,
-            self._stopped,
-            self._report,
-            self._wake,
-            restart_backoff,
+            images, pod_dir, self._wait_any, self._stopped, self._report, self._wake
         )
         spec = self._pod["spec"]
         self._init: list[dict[str, Any]] = list(spec.get("initContainers") or [])

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.cluster.local import imageroot, podstatus, reference, volumes
+from app.settings import Settings
+from worker.cluster.local import imageroot, layers, podstatus, reference, volumes
 from worker.cluster.local.imageroot import Command, ImageRoot, Root
 from worker.cluster.local.images import ERR_IMAGE_PULL, Image, ImageError, ImageStore
 from worker.cluster.local.layers import Layers
 from worker.cluster.local.podstatus import ContainerState
+from worker.cluster.local.registry import Registry, load_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class ImageSource:
     overlay: bool  # writable layers can be mounted here
     volatile: bool = True
     why_read_only: str = ""  # why not, when not
+    backoff: float = 1.0  # seconds before the first retry of a failed pull; doubles up to 30x
     pulls: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
 
     def pull(self, image: str, policy: str) -> Future[Image]:
@@ -54,6 +57,23 @@ class ImageSource:
         return future
 
 
+def from_settings(settings: Settings) -> ImageSource | None:
+    """Return how the local runtime pulls and runs images, or None in host mode; raise
+    ValueError for a registry auth file that cannot be read."""
+    if settings.local_images == "host":
+        return None
+    registry = Registry(
+        credentials=load_credentials(settings.registry_auth_file),
+        insecure=frozenset(settings.insecure_registries),
+    )
+    store = ImageStore(settings.data_dir / "images", registry, settings.image_cache_bytes)
+    (settings.data_dir / "local").mkdir(parents=True, exist_ok=True)
+    overlay, volatile, why = layers.probe(settings.data_dir / "local")
+    if not overlay:
+        logger.warning("containers get their images' root file systems read-only: %s", why)
+    return ImageSource(store, frozenset({settings.image}), overlay, volatile, why)
+
+
 class PodImages:
     """The images of one pod: what each container runs on, and the layers it writes."""
 
@@ -65,14 +85,13 @@ class PodImages:
         stopped: Callable[[], bool],
         report: Callable[[], None],
         wake: Callable[[], None],
-        backoff: float,
     ) -> None:
         """Pull through ``source`` (None: every container on the host's root) for a pod whose
         runner waits with ``wait``, stops when ``stopped``, publishes its status with ``report``
-        and wakes up with ``wake``; ``backoff``: the first pause after a failed pull."""
+        and wakes up with ``wake``."""
         self._source = source
         self._wait, self._stopped, self._report = wait, stopped, report
-        self._wake, self._backoff = wake, backoff
+        self._wake, self._backoff = wake, source.backoff if source else 1.0
         self._images: dict[str, Image] = {}  # container → its image, held
         self._roots: dict[str, str] = {}  # container → its current root on the host
         self._layers = Layers(pod_dir / "layers", source.volatile if source else True)

@@ -322,8 +322,7 @@ def bwrap_argv(
     term_path = resolve(container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH, host)
     workdir = resolve(command.workdir if command else container.get("workingDir") or "/", host)
     in_volume = any(_within(workdir, m.target) for m in mounts)
-    files = [(path, resolve(path, host)) for path in (root.host_files if root else ())]
-    files = [(path, target) for path, target in files if os.path.isfile(path)]
+    files = [(p, resolve(p, host)) for p in (root.host_files if root else ()) if os.path.isfile(p)]
     targets = [m.target for m in mounts] + [target for _, target in files]
     if termination_log is not None and not _is_special(term_path):
         targets.append(term_path)
