@@ -159,9 +159,10 @@ class ImageStore:
             try:
                 self._flights.run(ref.canonical, lambda: self._fetch(ref, policy))
             except PullError as exc:
-                raise ImageError(
-                    ERR_IMAGE_PULL, f'failed to pull image "{ref.canonical}": {exc}'
-                ) from exc
+                # The registry's words name the image already: once is enough.
+                why = str(exc).removeprefix(f"{ref.canonical}: ").removeprefix(f"{ref.name}: ")
+                message = f'failed to pull image "{ref.canonical}": {why}'
+                raise ImageError(ERR_IMAGE_PULL, message) from exc
             with self._lock:
                 known = self._index["refs"].get(ref.canonical)
                 held = None if known is None else self._hold(ref, known)
