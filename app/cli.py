@@ -46,6 +46,7 @@ def _check_security(settings: Settings, command: str) -> Any:
 def _local_cluster(settings: Settings) -> Any:
 
     from worker.cluster.base import PermanentError
+    from worker.cluster.local import podimages
     from worker.cluster.local.cluster import LocalCluster
 
     cpu = settings.local_cpu or float(os.cpu_count() or 1)
@@ -58,10 +59,11 @@ def _local_cluster(settings: Settings) -> Any:
     ours = {sys.prefix, str(Path(app.__file__).resolve().parents[1])}
     keep = tuple(sorted(p for p in ours if Path(p).is_relative_to("/tmp")))
     try:
+        images = podimages.from_settings(settings)
         return LocalCluster(
-            settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap, keep=keep
+            settings.data_dir / "local", cpu, memory, bwrap=settings.bwrap, keep=keep, images=images
         )
-    except PermanentError as exc:
+    except (PermanentError, ValueError) as exc:  # ValueError: a registry auth file unread
         sys.exit(f"kueue-tes serve: {exc}")
 
 
@@ -96,7 +98,7 @@ def serve(settings: Settings) -> None:
     from app.main import create_app
     from worker import context
 
-    # The local runtime ignores images: our own containers run this very interpreter. Their
+    # Our own containers run this very interpreter on the host's root file system. Their
     # cpu request would make a 1-cpu task ask for 1.1 and halve what a small machine runs at
     # once; locally they count as nothing unless the operator says otherwise.
     local: dict[str, Any] = {"pod_python": sys.executable}
@@ -124,11 +126,12 @@ def serve(settings: Settings) -> None:
     app = create_app(settings, task_store, task_queue, authenticator)
     log.info(
         "kueue-tes serving TES 1.1 on http://%s:%d/ga4gh/tes/v1 (store: %s, queue: %s, "
-        "runtime: local, images are not pulled)",
+        "runtime: local, %s)",
         settings.host,
         settings.port,
         (settings.mongo_uri and "MongoDB") or settings.store_path(),
         settings.redis_url or "embedded",
+        "images are not pulled" if settings.local_images == "host" else "images are pulled",
     )
     # uvicorn re-raises SIGTERM once it has shut down; with the default action that would end
     # the process before `finally`, leaving the pods' sandboxes to --die-with-parent (racy).

@@ -6,7 +6,7 @@ Each field is documented here and only here; ``kueue-tes settings`` prints this 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -265,6 +265,38 @@ class Settings(BaseSettings):
         description="Memory the local runtime admits at once (bytes); default: all of it.",
     )
     bwrap: str = Field(default="bwrap", description="The bubblewrap executable.")
+    local_images: Literal["pull", "host"] = Field(
+        default="pull",
+        description="`pull`: each container runs on its image's root file system, pulled from "
+        "its registry and cached (kueue-tes's own containers, KUEUE_TES_IMAGE, run on the "
+        "host's); `host`: every container runs on the host's root file system read-only and "
+        "images are ignored, for machines without network (docs/local-runtime.md).",
+    )
+    insecure_registries: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Registries the local runtime pulls from over plain HTTP, `host:port` "
+        "(comma-separated), e.g. 127.0.0.1:5000; every other one over HTTPS.",
+    )
+    registry_auth_file: Path | None = Field(
+        default=None,
+        description="Docker-style config.json whose `auths` give the local runtime credentials "
+        "per registry (`auth` = base64 of user:password, or `username` and `password`); "
+        "credential helpers are not run.",
+    )
+    image_cache_bytes: int = Field(
+        default=20 * 1024**3,
+        gt=0,
+        description="Size bound of the local runtime's image cache (<data_dir>/images: layers "
+        "and unpacked root file systems); beyond it the least recently used ones not in use "
+        "are evicted.",
+    )
+
+    @field_validator("insecure_registries", mode="before")
+    @classmethod
+    def _split_registries(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     # -- the watcher ----------------------------------------------------------------------------
     lease_name: str = Field(

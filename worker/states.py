@@ -35,6 +35,7 @@ PULL_FATAL = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 #: System log lines that describe the present; a newer one replaces its predecessor in place.
 WAITING_KUEUE, WAITING_NODE = "waiting for Kueue: ", "waiting for a node: "
 WAITING_POD = "waiting for the task pod: "
+WAITING_IMAGE = "waiting for an image: "
 NO_WORKLOAD, POD_REFUSED = "no-workload", "pod-refused"
 _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
 _PULLS = PULL_RETRIED | PULL_FATAL
@@ -303,14 +304,26 @@ def _pull_failure(pod: Json | None, timing: Timing) -> Decision | None:
 
 def _pod_notes(pod: Json | None, timing: Timing) -> list[str]:
     grace = f"the task fails if it still fails after {timing.image_pull_grace:g} s"
+    # The registry's words change with each try (ErrImagePull, then ImagePullBackOff): the
+    # line says why the pull fails now, in place of the one before.
     notes = [
-        f"{_who(str(s.get('name')))}: pulling the image {_image(pod, s)} fails; {grace}"
+        f"{WAITING_IMAGE}{_who(str(s.get('name')))}: pulling {_image(pod, s)} fails "
+        f"({_why(_state(s, 'waiting'))}); {grace}"
         for s in _pull_errors(pod)
     ]
     scheduled = condition(pod, "PodScheduled") or {}
     if scheduled.get("status") == "False" and scheduled.get("message"):
         notes.append(WAITING_NODE + str(scheduled["message"]))
     return notes
+
+
+def _image_notes(pod: Json | None) -> list[str]:
+    # kubelet's imageID is the digest the image resolved to: what the executor really ran.
+    return [
+        f"{_who(str(s.get('name')))} ran {_image(pod, s)} as {s['imageID']}"
+        for s in _executors(pod)
+        if s.get("imageID") and _ran(s)
+    ]
 
 
 def waits(objects: Objects) -> set[str]:
@@ -378,8 +391,9 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
         _oom(pod) or _pull_failure(pod, timing) or _pod_refused(objects, timing) or _ended(pod, job)
     )
     if failed is not None:
+        failed.system_logs[:0] = _image_notes(pod)
         return failed
-    notes = _pod_notes(pod, timing)
+    notes = _image_notes(pod) + _pod_notes(pod, timing)
     if podlayout.ready(pod):  # every container runs from the start: the report tells
         report = objects.report
         ran = report is not None and report.ran
@@ -398,7 +412,7 @@ def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
     for note in notes:
         if note in out:
             continue
-        waiting = (WAITING_KUEUE, WAITING_NODE, WAITING_POD)
+        waiting = (WAITING_KUEUE, WAITING_NODE, WAITING_POD, WAITING_IMAGE)
         prefix = next((p for p in waiting if note.startswith(p)), None)
         if prefix and out and out[-1].startswith(prefix):
             out[-1] = note

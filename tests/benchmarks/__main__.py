@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api, auth, runtime, submit, watcher
+from tests.benchmarks import api, auth, images, runtime, submit, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -52,6 +52,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         f"running `true` against running `true` directly; trivial tasks per minute (default "
         f"quota: cpu={os.cpu_count()}, the machine's cpu count)",
         lambda args, gen: runtime.runtime(args.runtime_rounds, args.runtime_tasks, args.local_cpu),
+    ),
+    "images": (
+        "Images in the local runtime, from a registry on loopback: per-executor overhead "
+        f"({runtime.EXECUTORS} executors running `true`) on a cached image against host-root "
+        "mode; a cold pull and unpack of about 100 MB against curl copying the same blobs",
+        lambda args, gen: images.images(args.runtime_rounds),
     ),
     "watcher": (
         "Watcher: recorded Job/Pod/Workload observations through states.decide and the SQLite "

@@ -33,7 +33,7 @@ MAX_OVERHEAD_MS = 50.0
 MAX_FIXED_SECONDS = 0.3
 FIXED_SAMPLES = 5  # one-executor tasks per round, each after its pod run by hand
 TERMINAL = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
-#: The image is recorded and ignored by the local runtime: ``true`` is the host's.
+#: The image is recorded and ignored by the local runtime in host mode: ``true`` is the host's.
 TRUE = {"image": "busybox", "command": ["true"]}
 POLL_SECONDS = 0.02
 BURST_POLL_SECONDS = 0.1
@@ -100,7 +100,8 @@ def serve(work: Path, env: dict[str, str] | None = None) -> Iterator[Client]:
     port = free_port()
     log = work / f"serve-{port}.log"
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("KUEUE_TES")}
-    full_env.update(env or {})
+    # `true` is the host's: images are not pulled unless a benchmark asks (images.py does).
+    full_env.update({"KUEUE_TES_LOCAL_IMAGES": "host", **(env or {})})
     argv = [sys.executable, "-m", "app.cli", "serve", "--host", HOST, "--port", str(port),
             "--data-dir", str(work / f"data-{port}")]  # fmt: skip
     with log.open("wb") as out:

@@ -111,6 +111,8 @@ def serve_env(extra: Mapping[str, str]) -> dict[str, str]:
     """Return this process's environment without KUEUE_TES_*/AWS_* variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUEUE_TES_", "AWS_", "BOTO"))}
     env["KUEUE_TES_LOG_LEVEL"] = "DEBUG"  # probe results and more, for failure messages
+    # Tasks of these tests run the host's programs; the image tests ask for pulls themselves.
+    env["KUEUE_TES_LOCAL_IMAGES"] = "host"
     env.update(extra)
     return env
 

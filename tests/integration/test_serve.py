@@ -36,6 +36,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     """Start `kueue-tes serve` with no configuration but a data dir; yield its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUEUE_TES_")}
+    env["KUEUE_TES_LOCAL_IMAGES"] = "host"  # the task's alpine must not be pulled from the Internet
     proc = subprocess.Popen(
         [
             sys.executable,

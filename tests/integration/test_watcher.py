@@ -620,8 +620,9 @@ def test_image_pull_failure(world: World) -> None:
     assert attempt["system_logs"] == [
         SUBMITTED,
         f"waiting for Kueue: {QUOTA}default, 3 more needed",
-        "executor 0: pulling the image ubuntu:24.04 fails; the task fails if it still fails "
-        "after 300 s",
+        # ErrImagePull's line, replaced by the back-off's: one line says why the pull fails now.
+        "waiting for an image: executor 0: pulling ubuntu:24.04 fails (ImagePullBackOff: "
+        'Back-off pulling image "ubuntu:24.04"); the task fails if it still fails after 300 s',
         f"executor 0: the image ubuntu:24.04 cannot be pulled for 300 s (ErrImagePull: {denied}); "
         "check the image name and that the cluster can reach its registry",
     ]

@@ -229,7 +229,8 @@ def test_image_pull_error_is_noted_then_fails_after_the_grace() -> None:
     )
     assert early.state is State.INITIALIZING and not early.finished
     assert early.system_logs == [
-        "executor 0: pulling the image nope:1 fails; the task fails if it still fails after 60 s"
+        "waiting for an image: executor 0: pulling nope:1 fails (ErrImagePull: pull access denied "
+        'for "nope"); the task fails if it still fails after 60 s'
     ]
     late = states.decide(
         State.INITIALIZING, objects, states.Timing(T0 + 61, {"pull:executor-0": T0}, 60.0)
@@ -239,6 +240,24 @@ def test_image_pull_error_is_noted_then_fails_after_the_grace() -> None:
         "executor 0: the image nope:1 cannot be pulled for 60 s (ErrImagePull: pull access "
         'denied for "nope"); check the image name and that the cluster can reach its registry'
     ]
+
+
+def test_the_image_digest_each_executor_ran_is_noted() -> None:
+    """kubelet's imageID (the digest a tag resolved to) names what ran, once it ran."""
+    digest = "sha256:" + "ab" * 32
+    ran = terminated("executor-0", 0)
+    ran["imageID"] = f"docker.io/library/alpine@{digest}"
+    next_up = waiting("executor-1", "PodInitializing")
+    next_up["imageID"] = ""
+    statuses = [terminated("setup", 0), running("sequencer"), ran, next_up]
+    pulled = with_spec(pod("Pending", statuses), **{"executor-0": "alpine", "executor-1": "x:1"})
+    decision = states.decide(State.INITIALIZING, Objects(job(), pulled, ADMITTED))
+    assert decision.state is State.RUNNING
+    assert decision.system_logs == [f"executor 0 ran alpine as docker.io/library/alpine@{digest}"]
+    # Also in the last word about a task: a pod that ended at once is seen only then.
+    ended = with_spec(pod("Failed", [*statuses[:3]]), **{"executor-0": "alpine"})
+    final = states.decide(State.INITIALIZING, Objects(job(), ended, ADMITTED))
+    assert final.finished and final.system_logs[0].startswith("executor 0 ran alpine as ")
 
 
 def test_invalid_image_name_fails_at_once() -> None:

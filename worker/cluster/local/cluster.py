@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import fcntl
 import logging
-import os
-import shutil
 import threading
 import time
 import uuid
@@ -18,8 +15,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker.cluster.base import Kind, Observation, PermanentError
-from worker.cluster.local import admission, objects, persist, process
+from worker.cluster.local import admission, layers, objects, persist, process
 from worker.cluster.local.pod import PodRunner
+from worker.cluster.local.podimages import ImageSource
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +58,14 @@ class LocalCluster:
         memory_quota_bytes: int,
         bwrap: str = "bwrap",
         keep: tuple[str, ...] = (),
+        images: ImageSource | None = None,
     ) -> None:
-        """Run pods under ``root``; ``keep`` are host paths every sandbox must still see."""
-        self._bwrap, self._keep = process.check_bwrap(bwrap), keep
+        """Run pods under ``root``; ``keep`` are host paths every sandbox must still see;
+        ``images`` pulls the images of containers (None: all run on the host's root)."""
+        self._bwrap, self._keep, self._images = process.check_bwrap(bwrap), keep, images
+        self._note = objects.runtime_note(
+            images is not None, images.why_read_only if images else ""
+        )
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
         self._lockfile: TextIO = (self._root / ".lock").open("w")
@@ -74,6 +77,8 @@ class LocalCluster:
                 f"another kueue-tes process runs the local runtime in {self._root}; "
                 "run one `kueue-tes serve` per data directory"
             ) from exc
+        if layers.detach_under(self._root):
+            logger.info("detached the container layers a previous server left mounted")
         self._quota = {"cpu": round(cpu_quota * 1000), "memory": int(memory_quota_bytes)}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -161,7 +166,7 @@ class LocalCluster:
             logger.info("task %s: deleted", task_id)
             self._admit()
             task.gone.set()
-        shutil.rmtree(trash, onerror=_make_writable)
+        persist.remove(trash)
 
     def exists(self, task_id: str) -> bool:
         """Tell whether the task's Job exists."""
@@ -216,18 +221,7 @@ class LocalCluster:
         pod = pod or (None if current is None else str(current))
         if pod is None or "/" in container or "/" in pod or pod.startswith("."):
             return ""
-        path = self._root / pod / "logs" / f"{container}.log"
-        try:
-            with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if limit_bytes is not None and size > limit_bytes:
-                    handle.seek(size - limit_bytes)
-                data: bytes = handle.read()
-        except OSError:
-            return ""
-        if limit_bytes is not None and size > limit_bytes:
-            data = data.lstrip(bytes(range(0x80, 0xC0)))  # no torn UTF-8 sequence up front
-        return data.decode("utf-8", "replace")
+        return persist.read_log(self._root / pod / "logs" / f"{container}.log", limit_bytes)
 
     def close(self) -> None:
         """Kill every task's processes and stop the runtime's threads."""
@@ -267,11 +261,11 @@ class LocalCluster:
 
     def _start(self, task: _Task) -> None:
         task.started_at = time.monotonic()
-        objects.workload_admitted(task.workload, task.requests)
+        objects.workload_admitted(task.workload, task.requests, self._note)
         self._emit(task, "Workload")
         objects.job_resumed(task.job)
         self._emit(task, "Job")
-        task.pod = objects.new_pod(task.job)
+        task.pod = objects.new_pod(task.job, self._note)
         pod_name = task.pod["metadata"]["name"]
         self._emit(task, "Pod")
         configmaps = {task.configmap["metadata"]["name"]: task.configmap}
@@ -283,6 +277,7 @@ class LocalCluster:
             task_id=task.task_id,
             bwrap=self._bwrap,
             keep=self._keep,
+            images=self._images,
         )
         logger.info("task %s: admitted; pod %s starts", task.task_id, pod_name)
         task.runner.start()
@@ -398,11 +393,3 @@ class LocalCluster:
                 self._finish(task, False)
             elif pod is not None:
                 task.finished_at = time.monotonic()
-
-
-def _make_writable(function: Any, path: str, _exc: Any) -> None:
-    # A task may leave read-only directories behind; the owner can always chmod them.
-    with contextlib.suppress(OSError):
-        os.chmod(os.path.dirname(path), 0o700)
-        os.chmod(path, 0o700)
-        function(path)

@@ -18,6 +18,7 @@ RUNTIME_NOTE_KEY = "kueue-tes/runtime-note"
 RUNTIME_NOTE = (
     "local runtime: images are not pulled; containers run on the host's root file system read-only"
 )
+READ_ONLY_NOTE = "local runtime: containers run on their images' root file systems read-only"
 #: The largest ConfigMap the API server stores.
 CONFIGMAP_LIMIT = 1024 * 1024
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the one Kubernetes uses for generated names
@@ -159,8 +160,17 @@ def workload_pending(workload: dict[str, Any], message: str) -> bool:
     return set_condition(status, "Admitted", False, "NoReservation", no_reservation) or changed
 
 
-def workload_admitted(workload: dict[str, Any], requests: Mapping[str, int]) -> None:
-    """Record a Workload's admission to the local ClusterQueue."""
+def runtime_note(pulls: bool, read_only_why: str = "") -> str:
+    """Return what the runtime says of itself in pods and Workloads ("" when it runs images)."""
+    if not pulls:
+        return RUNTIME_NOTE
+    return f"{READ_ONLY_NOTE}: {read_only_why}" if read_only_why else ""
+
+
+def workload_admitted(
+    workload: dict[str, Any], requests: Mapping[str, int], note: str = RUNTIME_NOTE
+) -> None:
+    """Record a Workload's admission to the local ClusterQueue (``note``: runtime_note())."""
     status = workload["status"]
     status["admission"] = {
         "clusterQueue": admission.CLUSTER_QUEUE,
@@ -175,7 +185,8 @@ def workload_admitted(workload: dict[str, Any], requests: Mapping[str, int]) -> 
     }
     reserved = f"Quota reserved in ClusterQueue {admission.CLUSTER_QUEUE}"
     set_condition(status, "QuotaReserved", True, "QuotaReserved", reserved)
-    set_condition(status, "Admitted", True, "Admitted", f"The workload is admitted; {RUNTIME_NOTE}")
+    admitted = "The workload is admitted" + (f"; {note}" if note else "")
+    set_condition(status, "Admitted", True, "Admitted", admitted)
 
 
 def workload_finished(workload: dict[str, Any], succeeded: bool, message: str) -> None:
@@ -213,7 +224,7 @@ def job_finished(job: dict[str, Any], succeeded: bool, reason: str, message: str
         set_condition(status, "Failed", True, reason, message)
 
 
-def new_pod(job: Mapping[str, Any]) -> dict[str, Any]:
+def new_pod(job: Mapping[str, Any], note: str = RUNTIME_NOTE) -> dict[str, Any]:
     """Return the Pod the Job controller creates from the Job's template."""
     template = copy.deepcopy(job["spec"]["template"])
     meta = job["metadata"]
@@ -228,7 +239,8 @@ def new_pod(job: Mapping[str, Any]) -> dict[str, Any]:
         }
     )
     annotations = dict((template.get("metadata") or {}).get("annotations") or {})
-    annotations[RUNTIME_NOTE_KEY] = RUNTIME_NOTE
+    if note:
+        annotations[RUNTIME_NOTE_KEY] = note
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,3 +66,31 @@ def orphan(pod: dict[str, Any]) -> None:
         if running is not None:
             entry["state"] = podstatus.terminated(137, running["startedAt"])
             entry["ready"] = entry["started"] = False
+
+
+def read_log(path: Path, limit_bytes: int | None) -> str:
+    """Return the last ``limit_bytes`` of a container's log file, or ""."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if limit_bytes is not None and size > limit_bytes:
+                handle.seek(size - limit_bytes)
+            data: bytes = handle.read()
+    except OSError:
+        return ""
+    if limit_bytes is not None and size > limit_bytes:
+        data = data.lstrip(bytes(range(0x80, 0xC0)))  # no torn UTF-8 sequence up front
+    return data.decode("utf-8", "replace")
+
+
+def remove(path: Path) -> None:
+    """Delete a task's files, read-only directories it left behind included."""
+    shutil.rmtree(path, onerror=_make_writable)
+
+
+def _make_writable(function: Any, path: str, _exc: Any) -> None:
+    # A task may leave read-only directories behind; the owner can always chmod them.
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        function(path)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.cluster.local import podstatus, process, sandbox, volumes
+from worker.cluster.local import podimages, podstatus, process, sandbox, volumes
 from worker.cluster.local.podstatus import ContainerState
 from worker.cluster.local.process import Process
 
@@ -39,12 +39,16 @@ class PodRunner:
         keep: tuple[str, ...] = (),
         grace_cap: float = 5.0,
         restart_backoff: float = 1.0,
+        images: podimages.ImageSource | None = None,
     ) -> None:
         self._pod = copy.deepcopy(pod)
         self._dir = pod_dir
         self._configmaps = configmaps
         self._on_status = on_status
         self._task, self._bwrap, self._keep = task_id, bwrap, keep
+        self._images = podimages.PodImages(
+            images, pod_dir, self._wait_any, self._stopped, self._report, self._wake
+        )
         spec = self._pod["spec"]
         self._init: list[dict[str, Any]] = list(spec.get("initContainers") or [])
         self._main: list[dict[str, Any]] = list(spec.get("containers") or [])
@@ -124,6 +128,7 @@ class PodRunner:
                 process.wait_gone(running.child)
                 os.close(running.pidfd)
             self._procs.clear()
+            self._images.release()
             with self._lock:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
@@ -255,6 +260,7 @@ class PodRunner:
             privileged=os.geteuid() == 0,
             read_only_volumes=self._read_only,
             keep=self._keep,
+            image=self._images.sandbox(container, self._fields),
         )
 
     # -- processes ----------------------------------------------------------------------------
@@ -263,6 +269,8 @@ class PodRunner:
         """Start one container; record StartError (exit 128) when it cannot start."""
         name = container["name"]
         state = self._states[name]
+        if not self._images.ready(container, state):
+            return False  # the pod stops while the image is not there yet
         started_at = podstatus.now()
         termination = self._dir / "termination" / name
         log = self._dir / "logs" / f"{name}.log"
@@ -274,7 +282,7 @@ class PodRunner:
             if state.restart_count and log.exists():
                 # kubelet starts a new log per restart; the old one is `kubectl logs --previous`.
                 log.replace(log.with_suffix(".previous.log"))
-            volumes.check_container(container, self._volumes, self._fields, self._read_only)
+            self._images.start(container, self._volumes, self._fields, self._read_only)
             argv = self._argv(container, termination, write_end)
             # Under the lock, so that kill() either sees this process or stops it starting.
             with self._lock:

@@ -30,13 +30,14 @@ class ContainerState:
     restart_count: int = 0
     last_state: dict[str, Any] = field(default_factory=dict)
     container_id: str = ""
+    image_id: str = ""  # the repo digest the image resolved to, once pulled
 
     def render(self) -> dict[str, Any]:
         """Return the ``containerStatuses`` entry."""
         out: dict[str, Any] = {
             "name": self.name,
             "image": self.image,
-            "imageID": "",
+            "imageID": self.image_id,
             "ready": self.ready,
             "restartCount": self.restart_count,
             "started": self.started,

@@ -11,7 +11,10 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from worker.cluster.local.imageroot import Command, Root
 
 #: containerd's default PATH, for containers that set none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,10 +67,14 @@ class HostView(Protocol):
 
 
 class RealHost:
-    """The host's real file system."""
+    """The host's real file system, or the tree under ``root`` seen as one."""
+
+    def __init__(self, root: str = "") -> None:
+        self.root = root.rstrip("/")
 
     def entry(self, path: str) -> HostEntry | None:
         """Return what ``path`` is on the host, or None when it does not exist."""
+        path = self.root + path
         try:
             if os.path.islink(path):
                 return HostEntry(posixpath.basename(path), "symlink", os.readlink(path))
@@ -83,7 +90,7 @@ class RealHost:
         """Return a host directory's entries; sockets, devices and pipes count as files."""
         entries: list[HostEntry] = []
         try:
-            with os.scandir(path) as scan:
+            with os.scandir(self.root + path) as scan:
                 for item in scan:
                     if item.is_symlink():
                         entries.append(HostEntry(item.name, "symlink", os.readlink(item.path)))
@@ -151,7 +158,9 @@ def pod_fields(pod: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def container_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
+def container_env(
+    container: Mapping[str, Any], fields: Mapping[str, str], default_path: bool = True
+) -> dict[str, str]:
     """Return a container's environment; ``fields`` holds the pod fields a fieldRef may name."""
     name = container.get("name", "?")
     if container.get("envFrom"):
@@ -172,7 +181,8 @@ def container_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> di
                 f"does not support (only fieldRef to {', '.join(sorted(fields))}); set a value"
             )
         env[item["name"]] = fields[path]
-    env.setdefault("PATH", DEFAULT_PATH)
+    if default_path:
+        env.setdefault("PATH", DEFAULT_PATH)
     return env
 
 
@@ -255,8 +265,10 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _rebuild(directory: str, targets: Sequence[str], host: HostView, args: list[str]) -> list[str]:
-    """Recreate a host directory's entries; return the directories replaced by a tmpfs."""
+def _rebuild(
+    directory: str, targets: Sequence[str], host: HostView, args: list[str], prefix: str = ""
+) -> list[str]:
+    """Recreate a directory's entries (from ``prefix`` on the host); return those made tmpfs."""
     replaced: list[str] = []
     for item in host.listdir(directory):
         path = posixpath.join(directory, item.name)
@@ -267,13 +279,13 @@ def _rebuild(directory: str, targets: Sequence[str], host: HostView, args: list[
             # A read-only bind cannot receive a new mount point; a tmpfs holding the same
             # entries can, so the mount appears exactly where the pod asked.
             args += ["--tmpfs", path]
-            replaced += [path, *_rebuild(path, inner, host, args)]
+            replaced += [path, *_rebuild(path, inner, host, args, prefix)]
         elif inner:
             raise SandboxError(f"cannot mount at {inner[0]}: {path} is a file on the host")
         elif item.kind == "symlink":
             args += ["--symlink", item.target, path]
         else:
-            args += ["--ro-bind", path, path]
+            args += ["--ro-bind", prefix + path, path]
     return replaced
 
 
@@ -289,11 +301,17 @@ def bwrap_argv(
     privileged: bool = False,
     read_only_volumes: frozenset[str] = frozenset(),
     keep: tuple[str, ...] = (),
+    image: tuple[Root, Command] | None = None,
 ) -> list[str]:
-    """Return the bwrap command line that runs ``container`` like a container runtime would."""
-    host = host or RealHost()
-    env = container_env(container, fields)
-    argv = container_argv(container, env)
+    """Return the bwrap command line that runs ``container`` like a container runtime would.
+
+    Without ``image`` the container runs on the host's root file system, read-only; with one,
+    on that root (an image's), running what the image made of the container's command.
+    """
+    root, command = image or (None, None)
+    host = host or RealHost(root.path if root is not None else "")
+    env = command.env if command else container_env(container, fields)
+    argv = command.argv if command else container_argv(container, env)
     mounts = [
         Mount(m.source, resolve(m.target, host), m.read_only, m.volume_root)
         for m in container_mounts(container, volumes_on_host, env, read_only_volumes)
@@ -302,25 +320,33 @@ def bwrap_argv(
         if PurePosixPath(mount.target).parts[1:2] in {("proc",), ("sys",)}:
             raise SandboxError(f"cannot mount a volume at {mount.target}")
     term_path = resolve(container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH, host)
-    workdir = resolve(container.get("workingDir") or "/", host)
+    workdir = resolve(command.workdir if command else container.get("workingDir") or "/", host)
     in_volume = any(_within(workdir, m.target) for m in mounts)
-    targets = [m.target for m in mounts]
+    files = [(p, resolve(p, host)) for p in (root.host_files if root else ()) if os.path.isfile(p)]
+    targets = [m.target for m in mounts] + [target for _, target in files]
     if termination_log is not None and not _is_special(term_path):
         targets.append(term_path)
     create_workdir = not in_volume and workdir != "/" and host.entry(workdir) is None
     if create_workdir and not _is_special(workdir):
         targets.append(workdir)
 
-    args = [bwrap, "--tmpfs", "/"]
-    replaced = _rebuild("/", targets, host, args)
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    if root is not None and root.writable:
+        # The container's own layer: bubblewrap makes the mount points in it, as runc does.
+        args, replaced = [bwrap, "--bind", root.path, "/"], []
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
+    else:
+        args = [bwrap, "--tmpfs", "/"]
+        replaced = _rebuild("/", targets, host, args, root.path if root else "")
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
     args += ["--ro-bind", "/sys", "/sys"]
     if create_workdir:
         args += ["--dir", workdir]
     for mount in mounts:
         # Bind read-write first so that nested mount points can still be created inside.
         args += ["--bind", mount.source, mount.target]
-    for path in keep:
+    for path, target in files:
+        args += ["--ro-bind", path, target]
+    for path in keep if root is None else ():
         # Host paths a fresh /tmp (or a volume there) would hide, such as our virtualenv.
         args += ["--ro-bind", path, path]
     if termination_log is not None:
@@ -330,8 +356,9 @@ def bwrap_argv(
     for mount in reversed(mounts):
         if mount.read_only:
             args += ["--remount-ro", mount.target]
-    for path in [*reversed(replaced), "/"]:
-        args += ["--remount-ro", path]
+    if root is None or not root.writable or root.read_only:
+        for path in [*reversed(replaced), "/"]:
+            args += ["--remount-ro", path]
     args += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--as-pid-1"]
     if privileged:
         # Root in the sandbox must not remount the host's file systems read-write.
@@ -347,11 +374,22 @@ def bwrap_argv(
     return [*args, "--", *argv]
 
 
-def host_path(path: str, mounts: Sequence[Mount]) -> str | None:
-    """Return where a sandbox path lives on the host, or None where the sandbox has its own."""
+def host_path(path: str, mounts: Sequence[Mount], root: str = "") -> str | None:
+    """Return where a sandbox path lives on the host, or None where the sandbox has its own.
+
+    ``root``: the container's root directory on the host (an image's), "" for the host's own.
+    """
+    if root:
+        path = resolve(path, RealHost(root))
     for mount in sorted(mounts, key=lambda m: -len(m.target)):
         if _within(path, mount.target):
             return mount.source + path[len(mount.target) :]
+    if root:
+        return (
+            None
+            if PurePosixPath(path).parts[1:2] in {("proc",), ("dev",), ("sys",)}
+            else root.rstrip("/") + path
+        )
     return None if _is_special(path) else path
 
 

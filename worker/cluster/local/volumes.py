@@ -7,10 +7,13 @@ import os
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.cluster.local import sandbox
 from worker.cluster.local.sandbox import SandboxError
+
+if TYPE_CHECKING:
+    from worker.cluster.local.imageroot import Command, Root
 
 _SUPPORTED = "emptyDir, ephemeral, configMap and hostPath"
 
@@ -95,9 +98,11 @@ def _prepare_subpath(mount: sandbox.Mount, container: str) -> None:
         os.makedirs(mount.source, mode=0o777, exist_ok=True)
 
 
-def _check_executable(argv0: str, env: Mapping[str, str], mounts: list[sandbox.Mount]) -> None:
+def _check_executable(
+    argv0: str, env: Mapping[str, str], mounts: list[sandbox.Mount], root: str
+) -> None:
     for candidate in sandbox.executable_candidates(argv0, env):
-        on_host = sandbox.host_path(candidate, mounts)
+        on_host = sandbox.host_path(candidate, mounts, root)
         if on_host is None or not posixpath.isabs(candidate):
             return  # the sandbox makes this path itself; let bubblewrap try
         if os.path.isfile(on_host) and os.access(on_host, os.X_OK):
@@ -114,11 +119,18 @@ def check_container(
     volumes: Mapping[str, str],
     fields: Mapping[str, str],
     read_only: frozenset[str],
+    image: tuple[Root, Command] | None = None,
 ) -> None:
-    """Create the container's subPaths and make sure its command exists, as kubelet would."""
-    env = sandbox.container_env(container, fields)
-    argv = sandbox.container_argv(container, env)
+    """Create the container's subPaths and make sure its command exists, as kubelet would.
+
+    ``image``: the container's root and what its image made of its command, if it has one.
+    """
+    if image is None:
+        env = sandbox.container_env(container, fields)
+        argv, root = sandbox.container_argv(container, env), ""
+    else:
+        env, argv, root = image[1].env, image[1].argv, image[0].path
     mounts = sandbox.container_mounts(container, volumes, env, read_only)
     for mount in mounts:
         _prepare_subpath(mount, str(container.get("name")))
-    _check_executable(argv[0], env, mounts)
+    _check_executable(argv[0], env, mounts, root)
