@@ -16,7 +16,7 @@ from typing import Any
 
 from app import views
 from app.models import State, View
-from app.store import sqlite_plan
+from app.store import sqlite_plan, sqlite_wal
 from app.store.base import (
     Page,
     RenderedPage,
@@ -109,6 +109,7 @@ class SqliteStore:
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._forked: list[_Holder] = []
         self._closed = False
+        self._writers = sqlite_wal.Writers(self._path, self._checkpoint)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -138,6 +139,7 @@ class SqliteStore:
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # In WAL mode NORMAL never corrupts; a power cut may lose the last commits only.
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint = {sqlite_wal.BACKSTOP_PAGES}")
         holder = _Holder(db)
         self._local.holder = holder
         with self._lock:
@@ -149,14 +151,15 @@ class SqliteStore:
         # IMMEDIATE takes the write lock up front: a read-then-write transaction that started
         # deferred could fail with SQLITE_BUSY_SNAPSHOT instead of waiting its turn.
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._writers.turn():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def create(self, record: TaskRecord) -> None:
         """Store a new task; its id must be new."""
@@ -268,7 +271,7 @@ class SqliteStore:
             return False
         marks = ", ".join("?" * len(allowed))
         sql = f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})"
-        with _translated(f"cannot move task {task_id} to {to.value}"):
+        with _translated(f"cannot move task {task_id} to {to.value}"), self._writers.turn():
             return self._db().execute(sql, (to.value, task_id, *allowed)).rowcount == 1
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
@@ -324,12 +327,17 @@ class SqliteStore:
         with _translated("cannot list tasks by state"):
             return [row[0] for row in self._db().execute(sql, (*values, limit))]
 
+    def _checkpoint(self) -> None:
+        with _translated("cannot checkpoint"):
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
         with self._lock:
             self._closed = True
             holders = [holder for holder in self._holders if holder.pid == os.getpid()]
             self._holders = weakref.WeakSet()
+        self._writers.close()
         for holder in holders:
             holder.db.close()
 
