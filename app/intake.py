@@ -6,7 +6,9 @@ Two stages, each a thread that takes everything waiting for it at once:
   (``create_many``: one write lock and one commit for the group), answers their requests,
   and hands the stored ids to
 * the enqueuer, which enqueues the ids waiting for it as one RQ job per group of up to
-  ``max_group`` (one Redis transaction instead of one each).
+  ``max_group`` (one Redis transaction instead of one each), after waiting a moment
+  (``ENQUEUE_LINGER_SECONDS``) for a group to fill: a worker submits a group of tasks for
+  the RQ bookkeeping of one job.
 
 A request is answered once its task is committed: a 200 means that the task is stored, and it
 will be submitted, by its RQ job a moment later or, if this process dies before enqueueing
@@ -23,6 +25,7 @@ import collections
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 64
 #: A stage's thread ends after this many idle seconds; the next item starts a new one.
 IDLE_SECONDS = 5.0
+#: How long the enqueuer waits for a group to fill. Answers never wait for it; a burst's
+#: submissions travel in fewer, larger RQ jobs, which is what a worker's rate depends on.
+ENQUEUE_LINGER_SECONDS = 0.01
 
 Settle = Callable[[BaseException | None], None]
 T = TypeVar("T")
@@ -48,10 +54,15 @@ class _Item:
 
 
 class _Stage(Generic[T]):
-    """A thread that hands whatever is waiting, up to ``most`` items, to ``handle`` at once."""
+    """A thread that hands whatever is waiting, up to ``most`` items, to ``handle`` at once.
 
-    def __init__(self, name: str, handle: Callable[[list[T]], None], most: int) -> None:
-        self.name, self.handle, self.most = name, handle, most
+    With ``linger`` it waits that long for a group to fill before handling it.
+    """
+
+    def __init__(
+        self, name: str, handle: Callable[[list[T]], None], most: int, linger: float = 0.0
+    ) -> None:
+        self.name, self.handle, self.most, self.linger = name, handle, most, linger
         self._waiting: collections.deque[T] = collections.deque()
         self._ready = threading.Condition()
         self._running = False
@@ -79,6 +90,9 @@ class _Stage(Generic[T]):
                     if not self._ready.wait(IDLE_SECONDS) and not self._waiting:
                         self._running = False
                         return
+                until = time.monotonic() + self.linger
+                while len(self._waiting) < self.most and (left := until - time.monotonic()) > 0:
+                    self._ready.wait(left)
                 count = min(len(self._waiting), self.most)
                 group = [self._waiting.popleft() for _ in range(count)]
                 self._handling = count
@@ -99,7 +113,9 @@ class Intake:
         """Write to ``store`` and enqueue on ``queue``, at most ``max_group`` tasks at once."""
         self.store, self.queue = store, queue
         self._writer: _Stage[_Item] = _Stage("kueue-tes-intake", self._write, max_group)
-        self._enqueuer: _Stage[str] = _Stage("kueue-tes-enqueue", self._enqueue, max_group)
+        self._enqueuer: _Stage[str] = _Stage(
+            "kueue-tes-enqueue", self._enqueue, max_group, ENQUEUE_LINGER_SECONDS
+        )
 
     async def admit(self, record: TaskRecord) -> None:
         """Store ``record`` with the next group (its submission follows); raise StoreError."""

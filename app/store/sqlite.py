@@ -333,11 +333,11 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
+        self._writers.close()  # first: its checkpoint thread uses a connection of its own
         with self._lock:
             self._closed = True
             holders = [holder for holder in self._holders if holder.pid == os.getpid()]
             self._holders = weakref.WeakSet()
-        self._writers.close()
         for holder in holders:
             holder.db.close()
 

@@ -82,9 +82,12 @@ class Writers:
                 log.warning("checkpoint of %s failed: %s", self._lock_path.parent, exc)
 
     def close(self) -> None:
-        """Stop the checkpoint thread and release the lock file."""
+        """Stop the checkpoint thread (waiting for a checkpoint under way) and the lock file."""
         self._closed = True
         self._due.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join()
         with self._turn:
             if self._file is not None and self._file[0] == os.getpid():
                 os.close(self._file[1])

@@ -90,7 +90,9 @@ def test_tasks_that_wait_share_one_transaction_and_one_job(tmp_path: Path, redis
     blocker.close()
     assert store.groups == [1, 39]
     assert intake.flush()
-    assert submit_jobs(redis_db, settings) == [(first.id,), tuple(r.id for r in rest)]
+    jobs = submit_jobs(redis_db, settings)
+    assert len(jobs) <= 2  # the enqueuer may wait for the second group and take both
+    assert sorted(i for job in jobs for i in job) == sorted(r.id for r in [first, *rest])
     for rec in [first, *rest]:
         got = store.get(rec.id)
         assert got is not None and got.state is State.QUEUED
