@@ -10,6 +10,7 @@ fraction of a full model round trip (pages of 256 tasks render this way).
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from pydantic import BaseModel
@@ -101,12 +102,16 @@ def fragments(doc: Json) -> tuple[str, str]:
     return texts[0], texts[1]
 
 
+#: A string as ``json.dumps`` writes it, without the encoder's set-up (a page has 512 of them).
+_string = encode_basestring_ascii
+
+
 def task_json(task_id: str, state: str, fragment: str | None = None) -> str:
     """Return one task's JSON text: ``fragment`` (None: MINIMAL) with ``id`` and ``state``.
 
     The same text as ``json.dumps(render(doc, view))``, byte for byte.
     """
-    head = f'{{"id": {json.dumps(task_id)}, "state": {json.dumps(state)}'
+    head = f'{{"id": {_string(task_id)}, "state": {_string(state)}'
     if fragment is None or len(fragment) <= 2:
         return head + "}"
     return f"{head}, {fragment[1:]}"
@@ -114,5 +119,5 @@ def task_json(task_id: str, state: str, fragment: str | None = None) -> str:
 
 def page_json(tasks: list[str], next_page_token: str | None = None) -> str:
     """Return a ListTasks body from its tasks' JSON texts, as ``json.dumps`` would write it."""
-    more = "" if next_page_token is None else f', "next_page_token": {json.dumps(next_page_token)}'
+    more = "" if next_page_token is None else f', "next_page_token": {_string(next_page_token)}'
     return f'{{"tasks": [{", ".join(tasks)}]{more}}}'

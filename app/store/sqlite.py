@@ -140,6 +140,9 @@ class SqliteStore:
         # In WAL mode NORMAL never corrupts; a power cut may lose the last commits only.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute(f"PRAGMA wal_autocheckpoint = {sqlite_wal.BACKSTOP_PAGES}")
+        # 16 MiB of pages, not 2: a listing's planner samples and its page (256 rows with
+        # their views) evicted each other from the default cache.
+        db.execute("PRAGMA cache_size = -16384")
         holder = _Holder(db)
         self._local.holder = holder
         with self._lock:
