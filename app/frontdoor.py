@@ -45,7 +45,7 @@ PUBLIC = frozenset(
 
 
 class FrontDoor:
-    """Rewrite legacy paths, refuse unroutable ones, authenticate, and serve GetTask directly."""
+    """Rewrite legacy paths, refuse unroutable ones, authenticate, serve the fast paths."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         """Wrap the rest of the Connexion stack."""

@@ -162,7 +162,10 @@ class Intake:
             if stored:
                 self._enqueuer.put(*stored)
             for item, error in zip(group, errors, strict=True):
-                item.settle(error)
+                try:
+                    item.settle(error)
+                except RuntimeError:  # its event loop has closed (a worker shutting down)
+                    log.info("task %s: stored; its request is gone", item.record.id)
 
     def _enqueue(self, task_ids: list[str]) -> None:
         """Enqueue one submit job for the group."""
