@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from app.store.base import StoreError
+
 log = logging.getLogger(__name__)
 
 #: Write transactions between two background checkpoints.
@@ -51,11 +53,18 @@ class Writers:
     def turn(self) -> Iterator[None]:
         """Hold the write turn for one write transaction."""
         with self._turn:
-            if self._file is None or self._file[0] != os.getpid():
-                # Per process: an inherited descriptor would share its lock with the parent.
-                self._file = (os.getpid(), os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600))
-            fd = self._file[1]
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if self._file is None or self._file[0] != os.getpid():
+                    # Per process: an inherited descriptor would share its lock with the parent.
+                    fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                    self._file = (os.getpid(), fd)
+                fd = self._file[1]
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot lock {self._lock_path} for writing: {exc}; the store's directory "
+                    "must be writable"
+                ) from exc
             try:
                 yield
             finally:

@@ -8,6 +8,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -573,3 +574,36 @@ def test_older_stores_are_rendered(kind: str, tmp_path: Path) -> None:
         assert again.render_pending() == 0
         assert_views_fresh(again, records[1].id)
         again.close()
+
+
+def test_sqlite_write_turn_that_cannot_be_taken_is_a_store_error(tmp_path: Path) -> None:
+    sqlite_store = SqliteStore(tmp_path / "tasks.db")
+    (tmp_path / "tasks.db-writer").mkdir()  # the lock file cannot be opened
+    rec = record()
+    with pytest.raises(StoreError, match=r"cannot lock .*tasks\.db-writer for writing"):
+        sqlite_store.create(rec)
+    with pytest.raises(StoreError, match="must be writable"):
+        sqlite_store.transition(rec.id, State.RUNNING)
+    assert sqlite_store.get(rec.id) is None
+    sqlite_store.close()
+
+
+def test_sqlite_checkpoints_run_off_the_commit_path(tmp_path: Path) -> None:
+    from app.store import sqlite_wal
+
+    path = tmp_path / "tasks.db"
+    sqlite_store = SqliteStore(path)
+    reader = sqlite3.connect(path)  # held open: no checkpoint at the last close
+    # Commits checkpoint only past the backstop, far above what this test writes...
+    assert sqlite_store._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (
+        sqlite_wal.BACKSTOP_PAGES
+    )
+    before = path.stat().st_size
+    for _ in range(sqlite_wal.EVERY):  # ...and the 200th write asks the thread for one
+        add(sqlite_store)
+    deadline = time.monotonic() + 30
+    while path.stat().st_size == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > before  # pages copied from the WAL into the file
+    sqlite_store.close()
+    reader.close()
