@@ -1,12 +1,14 @@
-"""The ASGI layer in front of Connexion's routing: path fix-ups, auth, the GetTask fast path.
+"""The ASGI layer in front of Connexion's routing: path fix-ups, auth, the fast paths.
 
 Every request but service-info (and the spec) is authenticated here (docs/auth.md): a 401
 with ``WWW-Authenticate`` when credentials are missing or wrong, else the principal is put in
-the scope for the handlers. GetTask and ListTasks are what TES clients poll, many times per task.
-Connexion's middleware stack and the ASGI-to-WSGI bridge cost ten times the work of the lookup
-itself (docs/performance.md), so ``GET /tasks/{id}`` and ``GET /tasks`` are answered here, with
-the same checks and answers as the spec-driven routes: parameters are validated against the
-spec's enums and types, unknown ids and other owners' tasks are 404.
+the scope for the handlers. GetTask and ListTasks are what TES clients poll, many times per task,
+and CreateTask what they send in bursts. Connexion's middleware stack and the ASGI-to-WSGI
+bridge cost ten times the work of the lookup itself (docs/performance.md), so
+``GET /tasks/{id}``, ``GET /tasks`` and ``POST /tasks`` (with a JSON body) are answered here,
+with the same checks and answers as the spec-driven routes: parameters are validated against
+the spec's enums and types, unknown ids and other owners' tasks are 404, bodies are parsed and
+validated by the same code. Tasks are read from their stored views (app.views.task_json).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from urllib.parse import parse_qsl
 
 import anyio.to_thread
 from connexion.lifecycle import ConnexionResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import auth, problems, views
+from app import auth, problems
 from app.api import tasks
 from app.models import State, View
 from app.services import Services
@@ -34,7 +36,6 @@ _TASK_PATH = re.compile(r"^/(?:ga4gh/tes/v1|v1)/tasks/([^/:]+)$")
 _TASKS_PATH = re.compile(r"^/(?:ga4gh/tes/v1|v1)/tasks$")
 _VIEWS = [view.value for view in View]
 _STATES = [state.value for state in State]
-_INT32 = 2**31
 #: Paths anyone may read: clients look at service-info before they have credentials.
 PUBLIC = frozenset(
     f"{base}/{name}"
@@ -44,7 +45,7 @@ PUBLIC = frozenset(
 
 
 class FrontDoor:
-    """Rewrite legacy paths, refuse unroutable ones, authenticate, and serve GetTask directly."""
+    """Rewrite legacy paths, refuse unroutable ones, authenticate, serve the fast paths."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         """Wrap the rest of the Connexion stack."""
@@ -75,12 +76,20 @@ class FrontDoor:
                 if principal is None:
                     return
             scope[auth.SCOPE_KEY] = principal
-            if scope.get("method") == "GET" and (match := _TASK_PATH.match(path)):
+            method = scope.get("method")
+            if not self.services.fast_paths:
+                pass
+            elif method == "GET" and (match := _TASK_PATH.match(path)):
                 await send_response(self._get_task(match.group(1), scope, principal), send)
                 return
-            if scope.get("method") == "GET" and _TASKS_PATH.match(path):
+            elif method == "GET" and _TASKS_PATH.match(path):
                 await send_response(self._list_tasks(scope, principal), send)
                 return
+            elif method == "POST" and _TASKS_PATH.match(path) and _is_json(scope):
+                answer, receive = await self._create_task(receive, principal)
+                if answer is not None:
+                    await send_response(answer, send)
+                    return
         await self.app(scope, receive, send)
 
     async def _authenticate(
@@ -115,13 +124,54 @@ class FrontDoor:
             )
         try:
             # A point read on an index; done inline, as a thread hop would cost more than it.
-            record = self.services.store.get(task_id, owner=principal.owner_filter())
+            body = self.services.store.get_rendered(
+                task_id, View(view), owner=principal.owner_filter()
+            )
         except StoreError:
             return problems.store_unavailable()
-        if record is None:  # also another owner's task: a 403 would tell that the id exists
+        if body is None:  # also another owner's task: a 403 would tell that the id exists
             return problems.not_found(task_id)
-        body = json.dumps(views.render(record.doc, View(view)))
         return ConnexionResponse(200, "application/json", "application/json", body=body)
+
+    async def _create_task(
+        self, receive: Receive, principal: auth.Principal
+    ) -> tuple[ConnexionResponse | None, Receive]:
+        """Answer CreateTask; or (None, a receive that replays the body) to leave it to Connexion.
+
+        Only an empty body is left to Connexion, whose own message for it is the reference.
+        """
+        limit = self.services.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None, _replay(chunks, message, receive)
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _bad_body(tasks.too_large(limit)), receive
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        if not size:
+            return None, _replay(chunks, None, receive)
+        try:
+            body = tasks.parse_body(b"".join(chunks))
+        except ValueError as exc:
+            return _bad_body(str(exc)), receive
+        if body is None:
+            return _bad_body(tasks.NO_TASK), receive
+        record = tasks.new_task(self.services, principal, body)
+        if isinstance(record, ConnexionResponse):
+            return record, receive
+        try:
+            await self.services.intake.admit(record)
+        except StoreError as exc:
+            log.error("store error on POST /tasks: %s", exc)
+            return problems.store_unavailable(), receive
+        tasks.created(record, principal)
+        body = json.dumps({"id": record.id})
+        return ConnexionResponse(200, "application/json", "application/json", body=body), receive
 
     def _list_tasks(self, scope: Scope, principal: auth.Principal) -> ConnexionResponse:
         pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -141,8 +191,6 @@ class FrontDoor:
                 size = int(one["page_size"])
             except ValueError:
                 return _bad("page_size", f"{one['page_size']!r} is not of type 'integer'")
-            if not -_INT32 <= size < _INT32:
-                return _bad("page_size", f"{size} is out of the int32 range")
         query = tasks.ListQuery(
             name_prefix=one.get("name_prefix"),
             state=state,
@@ -153,18 +201,48 @@ class FrontDoor:
             view=view,
         )
         try:
-            result = tasks.list_page(self.services, principal, query)
+            result = tasks.list_page(self.services, principal, query, rendered=True)
         except StoreError:
             return problems.store_unavailable()
         if isinstance(result, ConnexionResponse):
             return result
-        return ConnexionResponse(
-            200, "application/json", "application/json", body=json.dumps(result)
-        )
+        return ConnexionResponse(200, "application/json", "application/json", body=result)
 
 
 def _bad(field: str, message: str) -> ConnexionResponse:
     return problems.problem(400, "Bad Request", f"{field}: {message}", field=field)
+
+
+def _bad_body(detail: str) -> ConnexionResponse:
+    # As Connexion's body validator answers: no field extension.
+    return problems.problem(400, "Bad Request", detail)
+
+
+def _is_json(scope: Scope) -> bool:
+    """Tell whether the request says its body is ``application/json`` (parameters aside).
+
+    Spelt so, as Connexion matches it; any other type is left to Connexion's route.
+    """
+    value = _header(scope, b"content-type")
+    return value is not None and value.split(b";", 1)[0].strip() == b"application/json"
+
+
+def _replay(chunks: list[bytes], last: Message | None, receive: Receive) -> Receive:
+    """Return a receive that gives back what was read of the body, then reads on."""
+    queued: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks
+    ]
+    if last is not None:
+        queued.append(last)
+    elif queued:
+        queued[-1]["more_body"] = False
+    else:
+        queued.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def replay() -> Message:
+        return queued.pop(0) if queued else await receive()
+
+    return replay
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

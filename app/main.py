@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -19,6 +18,7 @@ from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, Parame
 from starlette.types import Scope
 
 from app import auth, frontdoor, problems, queue, routing, services, store
+from app.api import tasks
 from app.settings import Settings
 from app.store.base import StoreError, TaskStore
 
@@ -58,6 +58,16 @@ class _NamedParameterValidator(ParameterValidator):  # type: ignore[misc]
             return f"{param['name']}: {error.splitlines()[0]}"
         return error
 
+    def validate_request(self, request: Any) -> None:
+        """Validate; a 400 for a parameter names it in ``field``, as the front door's do."""
+        try:
+            super().validate_request(request)
+        except BadRequestProblem as exc:
+            name, _, rest = str(exc.detail).partition(": ")
+            if rest and any(name == p["name"] for p in self.parameters.get("query", [])):
+                exc.ext = {**(exc.ext or {}), "field": name}
+            raise
+
 
 def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
     class _LimitedJSONBody(JSONRequestBodyValidator):  # type: ignore[misc]
@@ -70,22 +80,19 @@ def _body_validator(max_bytes: int) -> type[JSONRequestBodyValidator]:
             async for chunk in stream:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise BadRequestProblem(
-                        detail=f"body: over the limit of {max_bytes} bytes; "
-                        "move large inputs behind a url"
-                    )
+                    raise BadRequestProblem(detail=tasks.too_large(max_bytes))
                 chunks.append(chunk)
             raw = b"".join(chunks)
             if not raw:
                 return None
             try:
-                return json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise BadRequestProblem(detail=f"body: not valid JSON ({exc})") from exc
+                return tasks.parse_body(raw)
+            except ValueError as exc:
+                raise BadRequestProblem(detail=str(exc)) from exc
 
         def _validate(self, body: Any) -> dict[str, Any] | None:
             if body is None:
-                raise BadRequestProblem(detail="body: a task is required")
+                raise BadRequestProblem(detail=tasks.NO_TASK)
             return None
 
     return _LimitedJSONBody

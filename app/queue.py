@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import fakeredis
 import redis
@@ -50,22 +52,32 @@ class TaskQueue:
         self.submits = Queue(settings.rq_queue, connection=connection)
         self.cancels = Queue(settings.rq_cancel_queue, connection=connection)
 
-    def _enqueue(self, queue: Queue, func: str, kind: str, task_id: str) -> None:
+    def _enqueue(self, queue: Queue, func: str, kind: str, *task_ids: str) -> None:
+        first, more = task_ids[0], len(task_ids) - 1
+        # A group's id names its first task and its size, so that it never replaces the job
+        # of one task (nor one task's job a group's).
+        name = job_id(kind, first) + (f"-group-{len(task_ids)}" if more else "")
+        what = f"task {first}" + (f" and {more} more" if more else "")
         try:
             queue.enqueue(
                 func,
-                task_id,
-                job_id=job_id(kind, task_id),
+                *task_ids,
+                job_id=name,
                 result_ttl=3600,
                 failure_ttl=7 * 24 * 3600,
-                description=f"{kind} {task_id}",
+                description=f"{kind} {' '.join(task_ids)}",
             )
         except redis.RedisError as exc:
-            raise QueueError(f"cannot enqueue {kind} of task {task_id}: {exc}") from exc
+            raise QueueError(f"cannot enqueue {kind} of {what}: {exc}") from exc
 
     def submit(self, task_id: str) -> None:
         """Enqueue the submission of a stored task."""
         self._enqueue(self.submits, SUBMIT, "submit", task_id)
+
+    def submit_many(self, task_ids: Sequence[str]) -> None:
+        """Enqueue the submission of stored tasks as one job (a worker submits them in turn)."""
+        if task_ids:
+            self._enqueue(self.submits, SUBMIT, "submit", *task_ids)
 
     def cancel(self, task_id: str) -> None:
         """Enqueue the cancellation of a task, ahead of submissions."""
@@ -81,7 +93,25 @@ class TaskQueue:
         return None if status is None else str(status.value)
 
 
-class _ThreadWorker(SimpleWorker):
+class _Worker(SimpleWorker):
+    """RQ's SimpleWorker, with a command listener that wakes every second.
+
+    RQ's listener waits up to 60 s for a message, and redis-py (8.x) joins it when the worker
+    stops, so a worker stopped before its subscription was confirmed (a short burst, a quick
+    shutdown) took a minute to stop.
+    """
+
+    def subscribe(self) -> None:
+        """Subscribe to this worker's command channel."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        thread: Any = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+        self.pubsub_thread = thread
+
+
+class _ThreadWorker(_Worker):
     """An RQ worker that runs jobs in the calling thread (for `kueue-tes serve`)."""
 
     death_penalty_class = TimerDeathPenalty
@@ -104,7 +134,7 @@ def run_worker(settings: Settings, connection: redis.Redis, burst: bool = False)
 
     Jobs run in the worker process itself: each is a few API calls, cheaper than a fork.
     """
-    worker = SimpleWorker(_queues(settings, connection), connection=connection)
+    worker = _Worker(_queues(settings, connection), connection=connection)
     worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
 
 

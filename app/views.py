@@ -9,6 +9,8 @@ fraction of a full model round trip (pages of 256 tasks render this way).
 
 from __future__ import annotations
 
+import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from pydantic import BaseModel
@@ -80,3 +82,42 @@ def render(doc: Json, view: View) -> Json:
         # `logs` appears once an attempt has started, never as [] (design section 4).
         out.pop("logs", None)
     return out
+
+
+# -- pre-rendered views: what a page of BASIC or FULL tasks is concatenated from ------------
+
+
+def fragments(doc: Json) -> tuple[str, str]:
+    """Return the BASIC and FULL views of a stored doc as JSON text, less ``id`` and ``state``.
+
+    Stores keep them beside the doc, rewritten whenever the doc changes; ``id`` and ``state``
+    are spliced in when read (:func:`task_json`), since a state change does not touch the doc.
+    """
+    full_doc = {"id": "", "state": "", **doc}
+    texts = []
+    for view in (View.BASIC, View.FULL):
+        out = render(full_doc, view)
+        del out["id"], out["state"]
+        texts.append(json.dumps(out))
+    return texts[0], texts[1]
+
+
+#: A string as ``json.dumps`` writes it, without the encoder's set-up (a page has 512 of them).
+_string = encode_basestring_ascii
+
+
+def task_json(task_id: str, state: str, fragment: str | None = None) -> str:
+    """Return one task's JSON text: ``fragment`` (None: MINIMAL) with ``id`` and ``state``.
+
+    The same text as ``json.dumps(render(doc, view))``, byte for byte.
+    """
+    head = f'{{"id": {_string(task_id)}, "state": {_string(state)}'
+    if fragment is None or len(fragment) <= 2:
+        return head + "}"
+    return f"{head}, {fragment[1:]}"
+
+
+def page_json(tasks: list[str], next_page_token: str | None = None) -> str:
+    """Return a ListTasks body from its tasks' JSON texts, as ``json.dumps`` would write it."""
+    more = "" if next_page_token is None else f', "next_page_token": {_string(next_page_token)}'
+    return f'{{"tasks": [{", ".join(tasks)}]{more}}}'

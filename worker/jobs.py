@@ -44,8 +44,31 @@ def _fail(store: TaskStore, task_id: str, reason: str) -> str:
     return "failed"
 
 
-def submit(task_id: str) -> str:
-    """Create the task's ConfigMap and suspended Job; return what happened (the RQ result)."""
+def submit(*task_ids: str) -> str:
+    """Create each task's ConfigMap and suspended Job; return what happened (the RQ result).
+
+    One RQ job carries the tasks that CreateTask stored together (app.intake). Each task is
+    submitted on its own: a task that fails does not hold back the others, and the job then
+    raises the first failure (a transient one leaves its task QUEUED for the watcher's sweep).
+    """
+    if len(task_ids) == 1:
+        return _submit(task_ids[0])
+    outcomes, failures = [], []
+    for task_id in task_ids:
+        try:
+            outcomes.append(f"{task_id}:{_submit(task_id)}")
+        except Exception as exc:
+            log.warning("task %s: submit failed: %s", task_id, exc)
+            outcomes.append(f"{task_id}:error")
+            failures.append(exc)
+    if failures:
+        failures[0].add_note(f"outcomes of the job's {len(task_ids)} tasks: {' '.join(outcomes)}")
+        raise failures[0]
+    return " ".join(outcomes)
+
+
+def _submit(task_id: str) -> str:
+    """Submit one task (see :func:`submit`)."""
     ctx = context.current()
     record = ctx.store.get(task_id)
     if record is None:

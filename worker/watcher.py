@@ -348,6 +348,7 @@ class Watcher:
         for task_id in self.store.ids_in_states(_ACTIVE):
             if task_id not in self.objects and not self.cluster.exists(task_id):
                 self._vanished(task_id)
+        self.store.render_pending(5000)  # tasks an older release stored (docs/upgrade.md)
 
     def _vanished(self, task_id: str) -> None:
         record = self.store.get(task_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,23 @@ _CANCELABLE = (State.QUEUED, State.INITIALIZING, State.RUNNING)
 Json = dict[str, Any]
 
 
+#: What a CreateTask body that is JSON ``null`` is told.
+NO_TASK = "body: a task is required"
+
+
+def too_large(max_bytes: int) -> str:
+    """Return what a CreateTask body over ``max_bytes`` is told."""
+    return f"body: over the limit of {max_bytes} bytes; move large inputs behind a url"
+
+
+def parse_body(raw: bytes) -> Any:
+    """Return the JSON value of a request body; ValueError says why it is not JSON."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"body: not valid JSON ({exc})") from exc
+
+
 def now_rfc3339() -> str:
     """Return the current UTC time as RFC 3339 with microseconds."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -35,6 +53,21 @@ def create_task(body: Any) -> Json | ConnexionResponse:
     """Validate, route, store as QUEUED (owned by the caller), then enqueue the submission."""
     svc = services.current()
     principal = auth.current()
+    record = new_task(svc, principal, body)
+    if isinstance(record, ConnexionResponse):
+        return record
+    svc.intake.admit_blocking(record)
+    created(record, principal)
+    return {"id": record.id}
+
+
+def new_task(
+    svc: services.Services, principal: auth.Principal, body: Any
+) -> TaskRecord | ConnexionResponse:
+    """Return the QUEUED record of a CreateTask ``body``, or the 400 or 403 that refuses it.
+
+    Both routes of CreateTask (the front door and the spec-driven one) call this.
+    """
     envelope = svc.routes.envelope(principal)
     if envelope is None:
         return problems.problem(
@@ -61,18 +94,14 @@ def create_task(body: Any) -> Json | ConnexionResponse:
     task_id = ids.new_id()
     doc = task.model_dump(mode="json", exclude_none=True)
     doc.update(id=task_id, state=State.QUEUED.value, creation_time=now_rfc3339())
-    svc.store.create(
-        TaskRecord(id=task_id, state=State.QUEUED, owner=principal.name, doc=doc, notes=notes)
-    )
-    for note in notes:
-        log.info("task %s: %s", task_id, note)
-    try:
-        svc.queue.submit(task_id)
-    except QueueError as exc:
-        # The task is stored; the watcher's sweep re-enqueues QUEUED tasks without a Job.
-        log.warning("task %s: %s; the sweep will submit it later", task_id, exc)
-    log.info("task %s: created by %s", task_id, principal.name)
-    return {"id": task_id}
+    return TaskRecord(id=task_id, state=State.QUEUED, owner=principal.name, doc=doc, notes=notes)
+
+
+def created(record: TaskRecord, principal: auth.Principal) -> None:
+    """Log a task just stored and enqueued."""
+    for note in record.notes:
+        log.info("task %s: %s", record.id, note)
+    log.info("task %s: created by %s", record.id, principal.name)
 
 
 def get_task(id: str, view: str = View.MINIMAL.value) -> Json | ConnexionResponse:
@@ -134,8 +163,13 @@ class ListQuery:
     view: str = View.MINIMAL.value
 
 
-def list_page(svc: services.Services, principal: auth.Principal, query: ListQuery) -> Any:
-    """Answer ListTasks for ``principal``: the page's JSON, or a 400 naming the parameter."""
+def list_page(
+    svc: services.Services, principal: auth.Principal, query: ListQuery, rendered: bool = False
+) -> Any:
+    """Answer ListTasks for ``principal``: the page's JSON, or a 400 naming the parameter.
+
+    With ``rendered`` the page is JSON text, joined from the tasks' stored views.
+    """
     size = DEFAULT_PAGE_SIZE if query.page_size is None else query.page_size
     try:
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -155,6 +189,10 @@ def list_page(svc: services.Services, principal: auth.Principal, query: ListQuer
     except validation.InvalidTask as exc:
         return problems.bad_request(exc)
     chosen = View(query.view)
+    if rendered:
+        texts = svc.store.list_rendered(flt, size, before=before, view=chosen)
+        last = texts.last_id if texts.more else None
+        return views.page_json(texts.tasks, _token(last) if last else None)
     page = svc.store.list(flt, size, before=before, minimal=chosen is View.MINIMAL)
     body: Json = {"tasks": [views.render(r.doc, chosen) for r in page.records]}
     if page.more and page.records:

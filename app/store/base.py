@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.models import State
+from app.models import State, View
 
 #: States a task never leaves.
 TERMINAL: frozenset[State] = frozenset(
@@ -73,6 +73,15 @@ class Page:
     more: bool
 
 
+@dataclass(frozen=True)
+class RenderedPage:
+    """One page of tasks as JSON texts in one view, newest first (``app.views.task_json``)."""
+
+    tasks: list[str]
+    last_id: str | None
+    more: bool
+
+
 class StoreError(Exception):
     """The store could not do what was asked (the database is unreachable, say)."""
 
@@ -84,8 +93,30 @@ class TaskStore(Protocol):
         """Store a new task; its id must be new."""
         ...
 
+    def create_many(self, records: Sequence[TaskRecord]) -> builtins.list[StoreError | None]:
+        """Store new tasks at once (one transaction, one round trip); per record, its error."""
+        ...
+
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
+        ...
+
+    def get_rendered(self, task_id: str, view: View, owner: str | None = None) -> str | None:
+        """Return the task's JSON text in ``view`` (as ``get`` finds it), from its stored views."""
+        ...
+
+    def list_rendered(
+        self, flt: TaskFilter, page_size: int, before: str | None = None, view: View = View.MINIMAL
+    ) -> RenderedPage:
+        """Return ``list``'s page as JSON texts in ``view``, from the tasks' stored views."""
+        ...
+
+    def render_pending(self, limit: int = 1000) -> int:
+        """Store the views of up to ``limit`` tasks stored without them (by an older release).
+
+        Returns how many it rendered; 0 once none is left. Reads never depend on it: a task
+        without stored views is rendered from its doc when read.
+        """
         ...
 
     def list(
@@ -120,3 +151,30 @@ class TaskStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+# -- what an attempt write does to a stored doc: pure, shared by the stores -------------------
+
+
+def add_attempt(
+    doc: dict[str, Any], notes: builtins.list[str], tasklog: dict[str, Any]
+) -> tuple[int, builtins.list[str]]:
+    """Append ``tasklog`` to ``doc`` (the first takes ``notes`` into its system_logs).
+
+    Returns the new attempt's index and the notes left to keep.
+    """
+    logs: builtins.list[dict[str, Any]] = doc.setdefault("logs", [])
+    entry = dict(tasklog)
+    if not logs and notes:
+        entry["system_logs"] = [*notes, *(entry.get("system_logs") or [])]
+    logs.append(entry)
+    return len(logs) - 1, (notes if len(logs) > 1 else [])
+
+
+def change_attempt(doc: dict[str, Any], index: int, changes: dict[str, Any]) -> bool:
+    """Set top-level fields of ``doc``'s attempt at ``index``; False if it does not exist."""
+    logs: builtins.list[dict[str, Any]] = doc.get("logs") or []
+    if not 0 <= index < len(logs):
+        return False
+    logs[index].update(changes)
+    return True

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pymongo
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from app.models import State
-from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
+from app import views
+from app.models import State, View
+from app.store.base import (
+    Page,
+    RenderedPage,
+    StoreError,
+    TaskFilter,
+    TaskRecord,
+    add_attempt,
+    allowed_from,
+    change_attempt,
+)
 
 _ASC, _DESC = pymongo.ASCENDING, pymongo.DESCENDING
 
@@ -33,9 +43,18 @@ _INDEXES: list[list[tuple[str, int]]] = [
 
 _FULL = {"state": 1, "owner": 1, "notes": 1, "doc": 1}
 _MINIMAL = {"state": 1}
+#: What a rendered read needs: the stored view, and the doc only where there is none.
+_VIEWS = {
+    View.MINIMAL: {"state": 1, "owner": 1},
+    View.BASIC: {"state": 1, "owner": 1, "basic_view": 1},
+    View.FULL: {"state": 1, "owner": 1, "full_view": 1},
+}
+_VIEW_FIELD = {View.BASIC: "basic_view", View.FULL: "full_view"}
 
-#: append_attempt retries this often when a concurrent writer beats it to the first attempt.
+#: An attempt write retries this often when a concurrent writer changes the task under it.
 _RETRIES = 8
+#: The marker, in the ``meta`` collection, that every task has its stored views.
+_RENDERED = "rendered-views"
 
 
 @contextmanager
@@ -84,21 +103,29 @@ class MongoStore:
 
     def create(self, record: TaskRecord) -> None:
         """Store a new task; its id must be new."""
-        doc = {key: value for key, value in record.doc.items() if key != "state"}
-        tags: dict[str, Any] = doc.get("tags") or {}
-        stored = {
-            "_id": record.id,
-            "state": State(record.state).value,
-            "owner": record.owner,
-            "name": doc.get("name"),
-            "tag_kv": [{"k": key, "v": str(value)} for key, value in tags.items()],
-            "notes": list(record.notes),
-            # Counts doc.logs, so append_attempt learns its index from the same atomic update.
-            "attempts": len(doc.get("logs") or []),
-            "doc": doc,
-        }
-        with _translated(f"cannot create task {record.id}"):
-            self._tasks.insert_one(stored)
+        [error] = self.create_many([record])
+        if error is not None:
+            raise error
+
+    def create_many(self, records: Sequence[TaskRecord]) -> builtins.list[StoreError | None]:
+        """Store new tasks in one request; per record, its error (an id that exists, say)."""
+        if not records:
+            return []
+        what = f"cannot create task {records[0].id}" if len(records) == 1 else "cannot create tasks"
+        try:
+            with _translated(what):
+                self._tasks.insert_many([_stored(record) for record in records], ordered=False)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, BulkWriteError):
+                return [exc] * len(records)
+            failed = {e["index"]: e for e in exc.__cause__.details.get("writeErrors") or ()}
+            return [
+                None
+                if i not in failed
+                else StoreError(f"cannot create task {record.id}: {failed[i].get('errmsg')}")
+                for i, record in enumerate(records)
+            ]
+        return [None] * len(records)
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
@@ -108,6 +135,49 @@ class MongoStore:
         with _translated(f"cannot read task {task_id}"):
             found = self._tasks.find_one(query, _FULL)
         return None if found is None else _record(found)
+
+    def get_rendered(self, task_id: str, view: View, owner: str | None = None) -> str | None:
+        """Return the task's JSON text in ``view`` (as ``get`` finds it), from its stored views."""
+        query: dict[str, Any] = {"_id": task_id}
+        if owner is not None:
+            query["owner"] = owner
+        with _translated(f"cannot read task {task_id}"):
+            found = self._tasks.find_one(query, _VIEWS[view])
+            return None if found is None else self._rendered([found], view)[0]
+
+    def list_rendered(
+        self, flt: TaskFilter, page_size: int, before: str | None = None, view: View = View.MINIMAL
+    ) -> RenderedPage:
+        """Return ``list``'s page as JSON texts in ``view``, from the tasks' stored views."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        with _translated("cannot list tasks"):
+            cursor = self._tasks.find(_query(flt, before), _VIEWS[view])
+            found = list(cursor.sort("_id", _DESC).limit(page_size + 1))
+            page = found[:page_size]
+            tasks = self._rendered(page, view)
+        last = str(page[-1]["_id"]) if page else None
+        return RenderedPage(tasks=tasks, last_id=last, more=len(found) > page_size)
+
+    def _rendered(self, found: builtins.list[dict[str, Any]], view: View) -> builtins.list[str]:
+        """Return the JSON texts of ``found`` tasks; render those stored without views."""
+        if view is View.MINIMAL:
+            return [views.task_json(str(d["_id"]), d["state"]) for d in found]
+        field = _VIEW_FIELD[view]
+        missing = [d["_id"] for d in found if d.get(field) is None]
+        docs: dict[str, Any] = {}
+        if missing:  # stored by an older release and not rendered yet
+            for d in self._tasks.find({"_id": {"$in": missing}}, {"doc": 1}):
+                docs[d["_id"]] = views.fragments(d.get("doc") or {})
+        index = 0 if view is View.BASIC else 1
+        return [
+            views.task_json(
+                str(d["_id"]),
+                d["state"],
+                d[field] if d.get(field) is not None else docs[d["_id"]][index],
+            )
+            for d in found
+        ]
 
     def list(
         self,
@@ -157,55 +227,73 @@ class MongoStore:
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
         """Append one TES TaskLog (notes first in its system_logs); return its index."""
-        what = f"cannot add an attempt to task {task_id}"
-        with _translated(what):
-            for _ in range(_RETRIES):
-                # Later attempts: one $push guarded by "an attempt exists".
-                after = self._tasks.find_one_and_update(
-                    {"_id": task_id, "doc.logs.0": {"$exists": True}},
-                    {"$push": {"doc.logs": tasklog}, "$inc": {"attempts": 1}},
-                    projection={"attempts": 1},
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-                if after is not None:
-                    return int(after["attempts"]) - 1
-                current = self._tasks.find_one({"_id": task_id}, {"notes": 1})
-                if current is None:
-                    raise StoreError(f"{what}: no such task")
-                # The first attempt: guarded by "no attempt yet, same notes", so the notes
-                # move into exactly one attempt even when two writers race.
-                notes: list[str] = current.get("notes") or []
-                entry = dict(tasklog)
-                if notes:
-                    entry["system_logs"] = [*notes, *(entry.get("system_logs") or [])]
-                result = self._tasks.update_one(
-                    {"_id": task_id, "doc.logs.0": {"$exists": False}, "notes": notes},
-                    {"$set": {"doc.logs": [entry], "notes": [], "attempts": 1}},
-                )
-                if result.matched_count == 1:
-                    return 0
-        raise StoreError(f"{what}: too many concurrent writers, try again")
+        index = -1
+
+        def append(doc: dict[str, Any], notes: builtins.list[str]) -> builtins.list[str]:
+            nonlocal index
+            index, kept = add_attempt(doc, notes, tasklog)
+            return kept
+
+        if not self._rewrite(task_id, append, f"cannot add an attempt to task {task_id}"):
+            raise StoreError(f"cannot add an attempt to task {task_id}: no such task")
+        return index
 
     def update_attempt(self, task_id: str, index: int, changes: dict[str, Any]) -> bool:
         """Set top-level fields of the attempt at ``index``; False if it does not exist."""
-        if index < 0 or not changes:
-            return index >= 0 and self._has_attempt(task_id, index)
-        for key in changes:
-            if not key or "." in key or key.startswith("$"):
-                raise ValueError(f"not a TaskLog field: {key!r}")
-        update = {f"doc.logs.{index}.{key}": value for key, value in changes.items()}
-        with _translated(f"cannot update attempt {index} of task {task_id}"):
-            result = self._tasks.update_one(
-                {"_id": task_id, f"doc.logs.{index}": {"$exists": True}}, {"$set": update}
-            )
-        return result.matched_count == 1
 
-    def _has_attempt(self, task_id: str, index: int) -> bool:
-        with _translated(f"cannot read task {task_id}"):
-            found = self._tasks.find_one(
-                {"_id": task_id, f"doc.logs.{index}": {"$exists": True}}, {"_id": 1}
-            )
-        return found is not None
+        def update(doc: dict[str, Any], notes: builtins.list[str]) -> builtins.list[str] | None:
+            return notes if change_attempt(doc, index, changes) else None
+
+        return self._rewrite(task_id, update, f"cannot update attempt {index} of task {task_id}")
+
+    def _rewrite(
+        self,
+        task_id: str,
+        change: Callable[[dict[str, Any], builtins.list[str]], builtins.list[str] | None],
+        what: str,
+    ) -> bool:
+        """Apply ``change(doc, notes)`` (it returns the notes to keep, or None: no change) and
+        store the doc with its views, if no other writer changed the task meanwhile (``rev``).
+
+        Returns False when the task does not exist or ``change`` made none.
+        """
+        with _translated(what):
+            for _ in range(_RETRIES):
+                found = self._tasks.find_one({"_id": task_id}, {"doc": 1, "notes": 1, "rev": 1})
+                if found is None:
+                    return False
+                doc: dict[str, Any] = found.get("doc") or {}
+                notes = change(doc, list(found.get("notes") or []))
+                if notes is None:
+                    return False
+                basic, full = views.fragments(doc)
+                # Documents of older releases have no rev: they match as "no rev" once.
+                rev = found.get("rev")
+                guard = {"_id": task_id, "rev": rev if rev is not None else {"$exists": False}}
+                stored = {"doc": doc, "notes": notes, "basic_view": basic, "full_view": full}
+                result = self._tasks.update_one(guard, {"$set": stored, "$inc": {"rev": 1}})
+                if result.matched_count == 1:
+                    return True
+        raise StoreError(f"{what}: too many concurrent writers, try again")
+
+    def render_pending(self, limit: int = 1000) -> int:
+        """Store the views of up to ``limit`` tasks stored without them (by an older release)."""
+        meta = self._tasks.database["meta"]
+        done = 0
+        with _translated("cannot render stored tasks"):
+            if meta.find_one({"_id": _RENDERED}) is not None:
+                return 0
+            query = {"basic_view": {"$exists": False}}
+            for found in self._tasks.find(query, {"doc": 1, "rev": 1}).limit(limit):
+                basic, full = views.fragments(found.get("doc") or {})
+                rev = found.get("rev")
+                guard = {"_id": found["_id"], "basic_view": {"$exists": False}}
+                guard["rev"] = rev if rev is not None else {"$exists": False}
+                update = {"$set": {"basic_view": basic, "full_view": full}}
+                done += self._tasks.update_one(guard, update).modified_count
+            if done == 0 and self._tasks.find_one(query, {"_id": 1}) is None:
+                meta.update_one({"_id": _RENDERED}, {"$set": {"done": True}}, upsert=True)
+        return done
 
     def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
         """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
@@ -241,6 +329,25 @@ def _query(flt: TaskFilter, before: str | None) -> dict[str, Any]:
     if before:
         query["_id"] = {"$lt": before}
     return query
+
+
+def _stored(record: TaskRecord) -> dict[str, Any]:
+    """Return the MongoDB document of a new task."""
+    doc = {key: value for key, value in record.doc.items() if key != "state"}
+    tags: dict[str, Any] = doc.get("tags") or {}
+    basic, full = views.fragments(doc)
+    return {
+        "_id": record.id,
+        "state": State(record.state).value,
+        "owner": record.owner,
+        "name": doc.get("name"),
+        "tag_kv": [{"k": key, "v": str(value)} for key, value in tags.items()],
+        "notes": list(record.notes),
+        "rev": 0,  # every rewrite of doc checks and bumps it (_rewrite)
+        "doc": doc,
+        "basic_view": basic,
+        "full_view": full,
+    }
 
 
 def _record(found: dict[str, Any]) -> TaskRecord:

@@ -8,19 +8,31 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.models import State
-from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
+from app import views
+from app.models import State, View
+from app.store import sqlite_plan, sqlite_wal
+from app.store.base import (
+    Page,
+    RenderedPage,
+    StoreError,
+    TaskFilter,
+    TaskRecord,
+    add_attempt,
+    allowed_from,
+    change_attempt,
+)
 
 # `doc` is the last column: a large doc spills into overflow pages, and columns stored after
 # it would have to be read from there too. Each index costs a page written per create, so
 # owner is in the state index only; the planner weighs the owner's own stream against tags
-# and names instead.
+# and names instead. basic_view and full_view hold the task's BASIC and FULL views as JSON
+# (app.views.fragments), rewritten with the doc, so that a page of them is a concatenation.
 _SCHEMA = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS tasks (
@@ -29,7 +41,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT NOT NULL,
     name TEXT,
     notes TEXT NOT NULL DEFAULT '[]',
-    doc TEXT NOT NULL
+    basic_view TEXT,
+    doc TEXT NOT NULL,
+    full_view TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state_name ON tasks (state, id, name);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, id, state);
@@ -43,30 +57,22 @@ CREATE INDEX IF NOT EXISTS tags_kv ON tags (key, value, task_id);
 COMMIT;
 """
 
-_INSERT = "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)"
-_UPDATE = "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?"
+_INSERT = (
+    "INSERT INTO tasks (id, state, owner, name, notes, doc, basic_view, full_view)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = "UPDATE tasks SET doc = ?, notes = ?, basic_view = ?, full_view = ? WHERE id = ?"
+#: Tasks stored by a release without stored views (their columns were added by _migrate).
+_UNRENDERED = "CREATE INDEX IF NOT EXISTS tasks_unrendered ON tasks (id) WHERE basic_view IS NULL"
+#: The columns a listing reads for each view: a stored view, or the doc where there is none.
+_VIEW_COLUMNS = {
+    View.MINIMAL: "t.id, t.state",
+    View.BASIC: "t.id, t.state, t.basic_view, CASE WHEN t.basic_view IS NULL THEN t.doc END",
+    View.FULL: "t.id, t.state, t.full_view, CASE WHEN t.full_view IS NULL THEN t.doc END",
+}
 _TAG = "INSERT INTO tags (task_id, key, value) VALUES (?, ?, ?)"
 
-#: How many matches of a filter the planner looks at: up to _SORTABLE name matches are cheap
-#: to sort by id; for the other filters, where the _SAMPLE-th newest match lies tells density.
-_SORTABLE, _SAMPLE = 4096, 1024
 _STATES = {state.value: state for state in State}
-
-
-@dataclass(frozen=True)
-class _Stream:
-    """One way to drive a listing: an index scanned under ``terms`` (columns, no alias)."""
-
-    kind: str  # "tag", "state", "name" (the only one not in id order), or "base"
-    index: str | None
-    terms: tuple[str, ...]
-    params: tuple[Any, ...]
-    tag: str | None = None  # the tag key a "tag" stream serves, from the tags table
-    owner: bool = False  # the index applies the owner filter itself
-
-    def where(self, alias: str) -> str:
-        """Return the terms as one condition on table ``alias``."""
-        return " AND ".join(f"{alias}.{term}" for term in self.terms) or "1"
 
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
@@ -87,16 +93,6 @@ def _translated(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
-def _prefix_end(prefix: str) -> str | None:
-    """Return the least string above every string that starts with ``prefix`` (None: none)."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop()) + 1
-        if code <= 0x10FFFF:  # surrogates cannot be stored as UTF-8: skip to U+E000
-            return "".join(chars) + chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
-    return None
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -113,6 +109,7 @@ class SqliteStore:
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._forked: list[_Holder] = []
         self._closed = False
+        self._writers = sqlite_wal.Writers(self._path, self._checkpoint)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -124,6 +121,7 @@ class SqliteStore:
                 why = f"{self._path} cannot use WAL mode (got {mode!r}); put it on a local disk"
                 raise StoreError(why)
             db.executescript(_SCHEMA)
+            _migrate(db)
 
     def _db(self) -> sqlite3.Connection:
         if self._closed:
@@ -141,6 +139,10 @@ class SqliteStore:
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # In WAL mode NORMAL never corrupts; a power cut may lose the last commits only.
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint = {sqlite_wal.BACKSTOP_PAGES}")
+        # 16 MiB of pages, not 2: a listing's planner samples and its page (256 rows with
+        # their views) evicted each other from the default cache.
+        db.execute("PRAGMA cache_size = -16384")
         holder = _Holder(db)
         self._local.holder = holder
         with self._lock:
@@ -152,24 +154,49 @@ class SqliteStore:
         # IMMEDIATE takes the write lock up front: a read-then-write transaction that started
         # deferred could fail with SQLITE_BUSY_SNAPSHOT instead of waiting its turn.
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._writers.turn():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def create(self, record: TaskRecord) -> None:
         """Store a new task; its id must be new."""
-        doc = {key: value for key, value in record.doc.items() if key != "state"}
-        tags: dict[str, Any] = doc.get("tags") or {}
-        with _translated(f"cannot create task {record.id}"), self._immediate() as db:
-            row = (record.id, State(record.state).value, record.owner, doc.get("name"))
-            notes = _dumps(list(record.notes))
-            db.execute(_INSERT, (*row, notes, _dumps(doc)))
-            db.executemany(_TAG, [(record.id, key, str(value)) for key, value in tags.items()])
+        [error] = self.create_many([record])
+        if error is not None:
+            raise error
+
+    def create_many(self, records: Sequence[TaskRecord]) -> builtins.list[StoreError | None]:
+        """Store new tasks in one transaction; per record, its error (only if ids repeat)."""
+        if not records:
+            return []
+        rows: builtins.list[tuple[Any, ...]] = []
+        tags: builtins.list[tuple[str, str, str]] = []
+        for record in records:
+            doc = {key: value for key, value in record.doc.items() if key != "state"}
+            basic, full = views.fragments(doc)
+            state, name, notes = State(record.state).value, doc.get("name"), list(record.notes)
+            rows.append(
+                (record.id, state, record.owner, name, _dumps(notes), _dumps(doc), basic, full)
+            )
+            tags.extend(
+                (record.id, key, str(value)) for key, value in (doc.get("tags") or {}).items()
+            )
+        what = f"cannot create task {records[0].id}" if len(records) == 1 else "cannot create tasks"
+        try:
+            with _translated(what), self._immediate() as db:
+                db.executemany(_INSERT, rows)
+                db.executemany(_TAG, tags)
+        except StoreError as exc:
+            if len(records) == 1 or not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                return [exc] * len(records)
+            # An id that exists already: store the others, one by one, to tell which it was.
+            return [error for record in records for error in self.create_many([record])]
+        return [None] * len(records)
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
@@ -179,6 +206,15 @@ class SqliteStore:
         if row is None or (owner is not None and row[2] != owner):
             return None
         return _record(row)
+
+    def get_rendered(self, task_id: str, view: View, owner: str | None = None) -> str | None:
+        """Return the task's JSON text in ``view`` (as ``get`` finds it), from its stored views."""
+        sql = f"SELECT t.owner, {_VIEW_COLUMNS[view]} FROM tasks AS t WHERE t.id = ?"
+        with _translated(f"cannot read task {task_id}"):
+            row = self._db().execute(sql, (task_id,)).fetchone()
+        if row is None or (owner is not None and row[0] != owner):
+            return None
+        return _rendered(row[1:], view)
 
     def list(
         self,
@@ -192,30 +228,44 @@ class SqliteStore:
         With ``minimal`` the records' ``doc`` holds only ``id`` and ``state``, and their
         ``owner`` is the filter's owner (or "") because the hot path reads no more columns.
         """
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        with _translated("cannot list tasks"):
-            db = self._db()
-            streams, base = _streams(flt, before)
-            stream = _choose(db, streams, base)
-            window = 4 * (page_size + 1) if stream is base and flt.name_prefix else 0
-            sql, params = _listing(stream, flt, minimal, window)
-            rows = db.execute(sql, (*params, page_size + 1)).fetchall()
-            if window and len(rows) <= page_size:
-                # A dense name prefix, rare among the newest tasks: go on in id order if the
-                # matches seen promise a page within _SORTABLE rows, else sort every match.
-                need = page_size + 1 - len(rows)
-                if len(rows) * _SORTABLE < need * window:
-                    stream = next(s for s in streams if s.kind == "name")
-                sql, params = _listing(stream, flt, minimal)
-                rows = db.execute(sql, (*params, page_size + 1)).fetchall()
-        more = len(rows) > page_size
-        rows = rows[:page_size]
+        cols = _VIEW_COLUMNS[View.MINIMAL] if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
+        rows, more = self._rows(flt, page_size, before, cols)
         if not minimal:
             return Page(records=[_record(row) for row in rows], more=more)
         owner = flt.owner or ""
         records = [TaskRecord(i, _STATES[s], owner, {"id": i, "state": s}) for i, s in rows]
         return Page(records=records, more=more)
+
+    def list_rendered(
+        self, flt: TaskFilter, page_size: int, before: str | None = None, view: View = View.MINIMAL
+    ) -> RenderedPage:
+        """Return ``list``'s page as JSON texts in ``view``, from the tasks' stored views."""
+        rows, more = self._rows(flt, page_size, before, _VIEW_COLUMNS[view])
+        last = rows[-1][0] if rows else None
+        return RenderedPage(tasks=[_rendered(row, view) for row in rows], last_id=last, more=more)
+
+    def _rows(
+        self, flt: TaskFilter, page_size: int, before: str | None, cols: str
+    ) -> tuple[builtins.list[tuple[Any, ...]], bool]:
+        """Return a listing's rows of ``cols``, and whether more follow."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        with _translated("cannot list tasks"):
+            db = self._db()
+            streams, base = sqlite_plan.streams(flt, before)
+            stream = sqlite_plan.choose(db, streams, base)
+            window = 4 * (page_size + 1) if stream is base and flt.name_prefix else 0
+            sql, params = sqlite_plan.listing(stream, flt, cols, window)
+            rows = db.execute(sql, (*params, page_size + 1)).fetchall()
+            if window and len(rows) <= page_size:
+                # A dense name prefix, rare among the newest tasks: go on in id order if the
+                # matches seen promise a page within SORTABLE rows, else sort every match.
+                need = page_size + 1 - len(rows)
+                if len(rows) * sqlite_plan.SORTABLE < need * window:
+                    stream = next(s for s in streams if s.kind == "name")
+                sql, params = sqlite_plan.listing(stream, flt, cols)
+                rows = db.execute(sql, (*params, page_size + 1)).fetchall()
+        return rows[:page_size], len(rows) > page_size
 
     def transition(self, task_id: str, to: State, expect: Iterable[State] | None = None) -> bool:
         """Move the task to ``to`` if its state is in ``allowed_from(to, expect)``."""
@@ -224,7 +274,7 @@ class SqliteStore:
             return False
         marks = ", ".join("?" * len(allowed))
         sql = f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})"
-        with _translated(f"cannot move task {task_id} to {to.value}"):
+        with _translated(f"cannot move task {task_id} to {to.value}"), self._writers.turn():
             return self._db().execute(sql, (to.value, task_id, *allowed)).rowcount == 1
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
@@ -233,17 +283,10 @@ class SqliteStore:
             row = db.execute("SELECT notes, doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 raise StoreError(f"cannot add an attempt to task {task_id}: no such task")
-            notes: list[str] = json.loads(row[0])
             doc: dict[str, Any] = json.loads(row[1])
-            logs: list[dict[str, Any]] = doc.setdefault("logs", [])
-            entry = dict(tasklog)
-            first = not logs
-            if first and notes:
-                entry["system_logs"] = [*notes, *(entry.get("system_logs") or [])]
-            logs.append(entry)
-            notes_after = "[]" if first else row[0]
-            db.execute(_UPDATE, (_dumps(doc), notes_after, task_id))
-            return len(logs) - 1
+            index, notes = add_attempt(doc, json.loads(row[0]), tasklog)
+            db.execute(_UPDATE, (_dumps(doc), _dumps(notes), *views.fragments(doc), task_id))
+            return index
 
     def update_attempt(self, task_id: str, index: int, changes: dict[str, Any]) -> bool:
         """Set top-level fields of the attempt at ``index``; False if it does not exist."""
@@ -255,12 +298,27 @@ class SqliteStore:
             if row is None:
                 return False
             doc: dict[str, Any] = json.loads(row[0])
-            logs: list[dict[str, Any]] = doc.get("logs") or []
-            if index >= len(logs):
+            if not change_attempt(doc, index, changes):
                 return False
-            logs[index].update(changes)
-            db.execute(_UPDATE, (_dumps(doc), row[1], task_id))
+            db.execute(_UPDATE, (_dumps(doc), row[1], *views.fragments(doc), task_id))
         return True
+
+    def render_pending(self, limit: int = 1000) -> int:
+        """Store the views of up to ``limit`` tasks stored without them (by an older release)."""
+        done = 0
+        with _translated("cannot render stored tasks"):
+            while done < limit:
+                with self._immediate() as db:
+                    sql = "SELECT id, doc FROM tasks WHERE basic_view IS NULL LIMIT ?"
+                    rows = db.execute(sql, (min(200, limit - done),)).fetchall()
+                    db.executemany(
+                        "UPDATE tasks SET basic_view = ?, full_view = ? WHERE id = ?",
+                        [(*views.fragments(json.loads(doc)), i) for i, doc in rows],
+                    )
+                if not rows:
+                    break
+                done += len(rows)
+        return done
 
     def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
         """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
@@ -272,14 +330,45 @@ class SqliteStore:
         with _translated("cannot list tasks by state"):
             return [row[0] for row in self._db().execute(sql, (*values, limit))]
 
+    def _checkpoint(self) -> None:
+        with _translated("cannot checkpoint"):
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
+        self._writers.close()  # first: its checkpoint thread uses a connection of its own
         with self._lock:
             self._closed = True
             holders = [holder for holder in self._holders if holder.pid == os.getpid()]
             self._holders = weakref.WeakSet()
         for holder in holders:
             holder.db.close()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the stored views to a store made by an older release (render_pending fills them)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        for column in ("basic_view", "full_view"):
+            if column not in have:
+                db.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
+        db.execute(_UNRENDERED)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _rendered(row: tuple[Any, ...], view: View) -> str:
+    """Return a task's JSON text from (id, state[, stored view, doc if no stored view])."""
+    if view is View.MINIMAL:
+        return views.task_json(row[0], row[1])
+    fragment = row[2]
+    if fragment is None:  # stored by an older release and not rendered yet
+        doc = json.loads(row[3])
+        fragment = views.fragments(doc)[0 if view is View.BASIC else 1]
+    return views.task_json(row[0], row[1], fragment)
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
@@ -289,112 +378,3 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
     return TaskRecord(
         id=task_id, state=_STATES[state], owner=owner, doc=full, notes=json.loads(notes)
     )
-
-
-def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Stream]:
-    """Return the filters' own index streams, and the owner's (or all) id-order stream."""
-    own: tuple[str, ...] = ("owner = ?",) if flt.owner is not None else ()
-    own_p: tuple[Any, ...] = (flt.owner,) if flt.owner is not None else ()
-    lt: tuple[str, ...] = ("id < ?",) if before else ()
-    lt_p: tuple[Any, ...] = (before,) if before else ()
-    streams: list[_Stream] = []
-    for key, value in flt.tags.items():
-        kv: tuple[str, ...] = ("value = ?",) if value else ()
-        terms = ("key = ?", *kv, *(f"task_{term}" for term in lt))
-        params = (key, *((value,) if value else ()), *lt_p)
-        streams.append(_Stream("tag", f"tags_{'kv' if value else 'key'}", terms, params, key))
-    if flt.state is not None:
-        terms, params = (*own, "state = ?", *lt), (*own_p, flt.state.value, *lt_p)
-        index = "tasks_owner_state_name" if own else "tasks_state_name"
-        streams.append(_Stream("state", index, terms, params, owner=True))
-    if flt.name_prefix:
-        end = _prefix_end(flt.name_prefix)
-        upper: tuple[str, ...] = ("name < ?",) if end is not None else ()
-        terms = ("name >= ?", *upper, *lt)
-        params = (flt.name_prefix, *((end,) if end is not None else ()), *lt_p)
-        streams.append(_Stream("name", "tasks_name", terms, params))
-    base = _Stream("base", "tasks_owner" if own else None, (*own, *lt), (*own_p, *lt_p), owner=True)
-    return streams, base
-
-
-def _choose(db: sqlite3.Connection, streams: list[_Stream], base: _Stream) -> _Stream:
-    """Pick the stream that finds a page soonest, from a capped look at each one's matches."""
-    if not streams:
-        return base
-    if len(streams) == 1 and streams[0].kind != "name" and (streams[0].owner or base.index is None):
-        return streams[0]
-    if base.index is not None:  # an owner filter: the owner's own stream is a candidate too
-        streams = [*streams, base]
-    ranked: list[tuple[int, int, str, _Stream]] = []
-    for stream in streams:
-        table, col = ("tags", "task_id") if stream.tag is not None else ("tasks", "id")
-        sub = (
-            f"SELECT s.{col} FROM {table} AS s INDEXED BY {stream.index} WHERE {stream.where('s')}"
-        )
-        if stream.kind != "name":
-            # For a dense filter, the older its _SAMPLE-th newest match, the sparser it is.
-            sample = f"{sub} ORDER BY s.{col} DESC LIMIT 1 OFFSET {_SAMPLE - 1}"
-            row = db.execute(sample, stream.params).fetchone()
-            if row is not None:
-                ranked.append((1, 0, row[0], stream))
-                continue
-        cap = _SORTABLE if stream.kind == "name" else _SAMPLE
-        count = db.execute(f"SELECT count(*) FROM ({sub} LIMIT {cap})", stream.params).fetchone()
-        if count[0] < cap:  # few matches: driving from them costs about their number
-            ranked.append((0, count[0], "", stream))
-    # Nothing ranked: only a dense name prefix, so scan newest first and test the name.
-    return min(ranked, key=lambda rank: rank[:3])[3] if ranked else base
-
-
-def _listing(
-    stream: _Stream, flt: TaskFilter, minimal: bool, window: int = 0
-) -> tuple[str, tuple[Any, ...]]:
-    """Return the listing SQL driven by ``stream`` and its parameters (less the LIMIT).
-
-    A ``window`` limits an id-order scan to that many of the newest tasks.
-    """
-    cols = "t.id, t.state" if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
-    index = f" INDEXED BY {stream.index}" if stream.index else ""
-    if stream.tag is not None:
-        source = f"tags AS g{index} CROSS JOIN tasks AS t ON t.id = g.task_id"
-        where, order = [stream.where("g")], "g.task_id"
-    else:
-        source, where, order = f"tasks AS t{index}", [stream.where("t")], "t.id"
-    params: list[Any] = list(stream.params)
-    if window:
-        where.append(
-            f"t.id >= coalesce((SELECT w.id FROM tasks AS w{index} WHERE {stream.where('w')}"
-            f" ORDER BY w.id DESC LIMIT 1 OFFSET {window - 1}), '')"
-        )
-        params.extend(stream.params)
-    # A leading + keeps a term off the indexes, so SQLite drives from the chosen one only.
-    if flt.owner is not None and not stream.owner:
-        where.append("+t.owner = ?")
-        params.append(flt.owner)
-    if flt.state is not None and stream.kind != "state":
-        where.append("+t.state = ?")
-        params.append(flt.state.value)
-    if flt.name_prefix and stream.kind != "name":
-        end = _prefix_end(flt.name_prefix)
-        where.append("+t.name >= ?" + (" AND +t.name < ?" if end is not None else ""))
-        params.extend((flt.name_prefix, end) if end is not None else (flt.name_prefix,))
-    for key, value in flt.tags.items():
-        if key != stream.tag:
-            # Tested on the driving tag row when there is one, before the task row is read.
-            task = "g.task_id" if stream.tag is not None else "t.id"
-            kv = " AND x.value = ?" if value else ""
-            where.append(
-                f"EXISTS (SELECT 1 FROM tags AS x WHERE x.task_id = {task} AND x.key = ?{kv})"
-            )
-            params.extend((key, value) if value else (key,))
-    cond = " AND ".join(where)
-    if stream.kind == "name":
-        # Sort the matching ids alone, then read just the page's rows: reading each match's
-        # row before sorting would cost a lookup per match.
-        sql = (
-            f"SELECT {cols} FROM tasks AS t WHERE t.id IN (SELECT t.id FROM {source}"
-            f" WHERE {cond} ORDER BY t.id DESC LIMIT ?) ORDER BY t.id DESC"
-        )
-    else:
-        sql = f"SELECT {cols} FROM {source} WHERE {cond} ORDER BY {order} DESC LIMIT ?"
-    return sql, tuple(params)

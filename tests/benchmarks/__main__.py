@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api, auth, images, runtime, submit, watcher
+from tests.benchmarks import api, auth, hotpaths, images, runtime, submit, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -71,8 +71,29 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         lambda args, gen: submit.submit(args.submit_tasks),
     ),
 }
+BENCHMARKS["create"] = (
+    "CreateTask through gunicorn at the load generator's connections, against a bare Starlette "
+    "endpoint doing the same work (validation, durable SQLite insert, RQ enqueue), served the "
+    "same way (taking turns; the round of median rate)",
+    lambda args, gen: hotpaths.create(gen, args.workers, max(args.rounds, 3)),
+)
+BENCHMARKS["pages"] = (
+    f"BASIC and FULL pages over {api.seed.TASKS:,} stored tasks, one page of {api.PAGE_SIZE}: "
+    "medians of sequential requests on one keep-alive connection, each taking turns with "
+    "GetTask MINIMAL, its reference; [n] = matching tasks",
+    lambda args, gen: hotpaths.pages(args.workers, args.max_seconds),
+)
+BENCHMARKS["submission"] = (
+    "Submission: one RQ burst worker into KubernetesCluster against kmock's Kubernetes emulator "
+    "over HTTP (best of 3 after a warm-up), against the same cluster.submit calls in a bare loop",
+    lambda args, gen: hotpaths.submission(args.submit_tasks, args.connections, args.workers),
+)
 #: Names that stand for several benchmarks.
-GROUPS = {"api": ["throughput", "list"], "all": list(BENCHMARKS)}
+GROUPS = {
+    "api": ["throughput", "list"],
+    "hotpaths": ["create", "pages", "submission"],
+    "all": list(BENCHMARKS),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             if each not in names:
                 names.append(each)
     gen = load_generator(args.connections, args.duration, args.warmup)
-    loaded = "throughput" in names or "auth" in names  # the benchmarks that use the generator
+    loaded = bool({"throughput", "auth", "create"} & set(names))  # those using the generator
     used = f"{gen.label}, best of {args.rounds} rounds" if loaded else "none"
     print(
         f"kueue-tes benchmarks | machine: {machine()} | load generator: {used} | server: "

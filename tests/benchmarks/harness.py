@@ -209,6 +209,17 @@ class Load:
 
     rps: float
     errors: int  # non-2xx responses and socket errors
+    p50: float | None = None  # latency percentiles in seconds, where the generator tells
+    p99: float | None = None
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _percentile(out: str, pct: int) -> float | None:
+    """Read one percentile of wrk's --latency distribution, in seconds."""
+    found = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE)
+    return None if found is None else float(found.group(1)) * _UNITS[found.group(2)]
 
 
 class LoadGenerator:
@@ -253,7 +264,7 @@ class Wrk(LoadGenerator):
                 script.write('wrk.headers["Content-Type"] = "application/json"\n')
         try:
             out = subprocess.run(
-                [self.binary, "-t1", f"-c{self.connections}", f"-d{seconds:g}s",
+                [self.binary, "-t1", f"-c{self.connections}", f"-d{seconds:g}s", "--latency",
                  "-s", script.name, f"http://{HOST}:{port}{path}"],
                 capture_output=True, text=True, check=True, timeout=seconds + 30,
             ).stdout  # fmt: skip
@@ -266,7 +277,8 @@ class Wrk(LoadGenerator):
         socket_errors = re.search(r"Socket errors:(.*)", out)
         if socket_errors:
             errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-        return Load(rps=float(rps.group(1)), errors=errors)
+        p50, p99 = _percentile(out, 50), _percentile(out, 99)
+        return Load(rps=float(rps.group(1)), errors=errors, p50=p50, p99=p99)
 
 
 class PythonLoad(LoadGenerator):
@@ -286,13 +298,14 @@ class PythonLoad(LoadGenerator):
         headers = {"Content-Type": "application/json"} if data is not None else {}
         counts = [0] * self.connections
         errors = [0] * self.connections
+        times: list[list[float]] = [[] for _ in range(self.connections)]
         start = time.perf_counter()
         deadline = start + seconds
 
         def drive(slot: int) -> None:
             conn = http.client.HTTPConnection(HOST, port, timeout=10)
             try:
-                while time.perf_counter() < deadline:
+                while (sent := time.perf_counter()) < deadline:
                     try:
                         conn.request(method, path, body=data, headers=headers)
                         resp = conn.getresponse()
@@ -301,6 +314,7 @@ class PythonLoad(LoadGenerator):
                         errors[slot] += 1
                         conn.close()
                         continue
+                    times[slot].append(time.perf_counter() - sent)
                     if 200 <= resp.status < 300:
                         counts[slot] += 1
                     else:
@@ -313,7 +327,12 @@ class PythonLoad(LoadGenerator):
             thread.start()
         for thread in threads:
             thread.join()
-        return Load(rps=sum(counts) / (time.perf_counter() - start), errors=sum(errors))
+        rps = sum(counts) / (time.perf_counter() - start)
+        every = sorted(t for slot in times for t in slot)
+        if len(every) < 2:
+            return Load(rps=rps, errors=sum(errors))
+        cuts = statistics.quantiles(every, n=100, method="inclusive")
+        return Load(rps=rps, errors=sum(errors), p50=cuts[49], p99=cuts[98])
 
 
 def load_generator(connections: int, duration: float, warmup: float) -> LoadGenerator:

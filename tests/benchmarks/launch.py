@@ -1,8 +1,9 @@
-"""Serve an app the way `kueue-tes api` does: ``python -m tests.benchmarks.launch tes|starlette``.
+"""Serve an app the way `kueue-tes api` does: ``python -m tests.benchmarks.launch <target>``.
 
-``tes`` runs the production command as is. ``starlette`` runs the very same gunicorn
-configuration (bind, workers, uvicorn worker class, access log off, keep-alive) with the bare
-reference app swapped in for ``create_app``, so both differ in the app only.
+``tes`` runs the production command as is. ``starlette`` and ``starlette-create`` run the very
+same gunicorn configuration (bind, workers, uvicorn worker class, access log off, keep-alive)
+with a bare reference app (``tests.benchmarks.reference``) swapped in for ``create_app``, so
+they differ in the app only.
 """
 
 from __future__ import annotations
@@ -10,36 +11,32 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from tests.benchmarks.reference import REFERENCE_BODY, constant_app
 
-#: The reference body: the size and shape of a GetTask MINIMAL answer.
-REFERENCE_BODY = {"id": "01hzzzzzzzzzzzzzzzzzzzzzzz", "state": "COMPLETE"}
+__all__ = ["REFERENCE_BODY", "main", "reference_app"]
+
+TARGETS = ("tes", "starlette", "starlette-create")
 
 
-async def _constant(request: Request) -> JSONResponse:
-    """Return the constant body, whatever the id."""
-    return JSONResponse(REFERENCE_BODY)
-
-
-def reference_app() -> Starlette:
+def reference_app() -> Any:
     """Return the bare Starlette app: one route, one constant small JSON body."""
-    return Starlette(routes=[Route("/ga4gh/tes/v1/tasks/{id}", _constant, methods=["GET"])])
+    return constant_app()
 
 
 def main(argv: list[str]) -> None:
-    """Run ``tes`` or ``starlette`` under gunicorn, configured by KUEUE_TES_* variables."""
-    if argv not in (["tes"], ["starlette"]):
-        sys.exit("usage: python -m tests.benchmarks.launch tes|starlette")
+    """Run a target under gunicorn, configured by KUEUE_TES_* variables."""
+    if len(argv) != 1 or argv[0] not in TARGETS:
+        sys.exit(f"usage: python -m tests.benchmarks.launch {'|'.join(TARGETS)}")
     import app.main
     from app import cli
+    from tests.benchmarks import reference
 
-    if argv == ["starlette"]:
+    if argv[0] != "tes":
 
-        def _reference(*args: Any, **kwargs: Any) -> Any:
-            return reference_app()
+        def _reference(settings: Any, *args: Any, **kwargs: Any) -> Any:
+            if argv[0] == "starlette":
+                return reference.constant_app()
+            return reference.create_app(settings)
 
         # app.cli.api imports create_app when it runs, so this swaps the app and nothing else.
         app.main.create_app = _reference  # type: ignore[assignment]

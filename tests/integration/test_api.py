@@ -14,7 +14,7 @@ import redis
 from rq import Queue
 from starlette.testclient import TestClient
 
-from app import queue
+from app import queue, services
 from app.main import create_app
 from app.settings import Settings
 from app.store.base import TaskStore
@@ -49,6 +49,8 @@ class Api:
         response = self.client.post(f"{self.base}/tasks", json=body or task_body(**extra))
         assert response.status_code == 200, response.text
         spec.check("tesCreateTaskResponse", response.json())
+        # Its RQ job follows the answer (app.intake): wait for it, as the tests look at Redis.
+        assert services_of(self.client.app).intake.flush()
         return str(response.json()["id"])
 
     def get(self, task_id: str, view: str | None = None) -> dict[str, Any]:
@@ -66,6 +68,12 @@ class Api:
         minimal = params.get("view", "MINIMAL") == "MINIMAL"
         spec.check("tesListTasksResponse", response.json(), minimal=minimal)
         return dict(response.json())
+
+
+def services_of(app: Any) -> services.Services:
+    """The Services behind an app made by create_app."""
+    found: services.Services = app.app.extensions[services.EXTENSION]
+    return found
 
 
 def open_store(kind: str, tmp_path: Path) -> TaskStore:
@@ -249,63 +257,64 @@ def test_unknown_backend_parameters_strict_is_400(api: Api) -> None:
 # -- strictness ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"executors": []}, "executors"),
-        ({"executors": None}, "executors"),
-        ({"executors": [{"image": "alpine"}]}, "executors[0].command"),
-        ({"executors": [{"image": "alpine", "command": "echo hi"}]}, "executors[0].command"),
-        ({"executors": [{"image": 3, "command": ["true"]}]}, "executors[0].image"),
-        (
-            {"executors": [{"image": "a", "command": ["true"], "workdir": "rel"}]},
-            "executors[0].workdir",
-        ),
-        (
-            {"executors": [{"image": "a", "command": ["true"], "env": {"A=B": "1"}}]},
-            "executors[0].env",
-        ),
-        ({"inputs": [{"path": "data/x", "content": "x"}]}, "inputs[0].path"),
-        ({"inputs": [{"path": "/proc/x", "content": "x"}]}, "inputs[0].path"),
-        ({"inputs": [{"path": "/tes", "content": "x"}]}, "inputs[0].path"),
-        ({"inputs": [{"path": "/data/../dev/x", "content": "x"}]}, "inputs[0].path"),
-        ({"inputs": [{"path": "/data/x"}]}, "inputs[0].url"),
-        (
-            {"inputs": [{"path": "/data/x", "content": "x", "type": "DIRECTORY"}]},
-            "inputs[0].content",
-        ),
-        ({"inputs": [{"path": "/data/x", "content": "x", "type": "LINK"}]}, "inputs[0].type"),
-        ({"outputs": [{"path": "/data/x"}]}, "outputs[0].url"),
-        ({"outputs": [{"path": "/", "url": "s3://b/"}]}, "outputs[0].path"),
-        ({"outputs": [{"path": "/data/*.txt", "url": "s3://b/"}]}, "outputs[0].path_prefix"),
-        (
-            {"outputs": [{"path": "/data/*.txt", "path_prefix": "/other", "url": "s3://b/"}]},
-            "outputs[0].path_prefix",
-        ),
-        (
-            {
-                "outputs": [
-                    {"path": "/data/x", "url": "s3://b/1"},
-                    {"path": "/data/x", "url": "s3://b/2"},
-                ]
-            },
-            "outputs[1].path",
-        ),
-        ({"volumes": ["/sys"]}, "volumes[0]"),
-        ({"outputs": [{"path": "/out.txt", "url": "s3://b/o"}]}, "outputs[0].path"),
-        (
-            {"outputs": [{"path": "/*.txt", "path_prefix": "/", "url": "s3://b/"}]},
-            "outputs[0].path",
-        ),
-        (
-            {"executors": [{"image": "a", "command": ["true"], "stdout": "/out.log"}]},
-            "executors[0].stdout",
-        ),
-        ({"tags": {"a": 1}}, "tags.a"),
-        ({"resources": {"cpu_cores": -1}}, "resources.cpu_cores"),
-        ({"resources": {"ram_gb": "lots"}}, "resources.ram_gb"),
-    ],
-)
+#: Bodies (changes to a small valid task) that are 400, and the field each 400 names.
+BAD_TASKS: list[tuple[dict[str, Any], str]] = [
+    ({"executors": []}, "executors"),
+    ({"executors": None}, "executors"),
+    ({"executors": [{"image": "alpine"}]}, "executors[0].command"),
+    ({"executors": [{"image": "alpine", "command": "echo hi"}]}, "executors[0].command"),
+    ({"executors": [{"image": 3, "command": ["true"]}]}, "executors[0].image"),
+    (
+        {"executors": [{"image": "a", "command": ["true"], "workdir": "rel"}]},
+        "executors[0].workdir",
+    ),
+    (
+        {"executors": [{"image": "a", "command": ["true"], "env": {"A=B": "1"}}]},
+        "executors[0].env",
+    ),
+    ({"inputs": [{"path": "data/x", "content": "x"}]}, "inputs[0].path"),
+    ({"inputs": [{"path": "/proc/x", "content": "x"}]}, "inputs[0].path"),
+    ({"inputs": [{"path": "/tes", "content": "x"}]}, "inputs[0].path"),
+    ({"inputs": [{"path": "/data/../dev/x", "content": "x"}]}, "inputs[0].path"),
+    ({"inputs": [{"path": "/data/x"}]}, "inputs[0].url"),
+    (
+        {"inputs": [{"path": "/data/x", "content": "x", "type": "DIRECTORY"}]},
+        "inputs[0].content",
+    ),
+    ({"inputs": [{"path": "/data/x", "content": "x", "type": "LINK"}]}, "inputs[0].type"),
+    ({"outputs": [{"path": "/data/x"}]}, "outputs[0].url"),
+    ({"outputs": [{"path": "/", "url": "s3://b/"}]}, "outputs[0].path"),
+    ({"outputs": [{"path": "/data/*.txt", "url": "s3://b/"}]}, "outputs[0].path_prefix"),
+    (
+        {"outputs": [{"path": "/data/*.txt", "path_prefix": "/other", "url": "s3://b/"}]},
+        "outputs[0].path_prefix",
+    ),
+    (
+        {
+            "outputs": [
+                {"path": "/data/x", "url": "s3://b/1"},
+                {"path": "/data/x", "url": "s3://b/2"},
+            ]
+        },
+        "outputs[1].path",
+    ),
+    ({"volumes": ["/sys"]}, "volumes[0]"),
+    ({"outputs": [{"path": "/out.txt", "url": "s3://b/o"}]}, "outputs[0].path"),
+    (
+        {"outputs": [{"path": "/*.txt", "path_prefix": "/", "url": "s3://b/"}]},
+        "outputs[0].path",
+    ),
+    (
+        {"executors": [{"image": "a", "command": ["true"], "stdout": "/out.log"}]},
+        "executors[0].stdout",
+    ),
+    ({"tags": {"a": 1}}, "tags.a"),
+    ({"resources": {"cpu_cores": -1}}, "resources.cpu_cores"),
+    ({"resources": {"ram_gb": "lots"}}, "resources.ram_gb"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_TASKS)
 def test_bad_tasks_are_400_naming_the_field(api: Api, change: dict[str, Any], field: str) -> None:
     """Schema and safety errors answer 400 problem+json naming the field, and store nothing."""
     body = task_body()
@@ -500,26 +509,39 @@ def test_create_survives_a_queue_outage(tmp_path: Path, caplog: pytest.LogCaptur
     with TestClient(app) as client, caplog.at_level(logging.WARNING):
         response = client.post("/ga4gh/tes/v1/tasks", json=task_body())
         assert response.status_code == 200, response.text
+        assert services_of(app).intake.flush()  # the enqueue follows the answer
         task_id = response.json()["id"]
         assert client.get(f"/ga4gh/tes/v1/tasks/{task_id}").json()["state"] == "QUEUED"
         assert client.post(f"/ga4gh/tes/v1/tasks/{task_id}:cancel").status_code == 200
     assert any("sweep" in r.message for r in caplog.records)
 
 
-def test_store_outage_is_503_not_500(tmp_path: Path) -> None:
-    """A store that cannot answer gives 503 problem+json, not a traceback."""
+@pytest.mark.parametrize("fast", [True, False], ids=["front door", "spec-driven"])
+def test_store_outage_is_503_not_500(tmp_path: Path, fast: bool) -> None:
+    """A store that cannot answer gives 503 problem+json, not a traceback, on every route."""
     from app.store.base import StoreError
 
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database is locked")
+
     class Down(SqliteStore):
-        def get(self, task_id: str, owner: str | None = None) -> Any:
+        get = get_rendered = list = list_rendered = down
+
+        def create_many(self, records: Any) -> Any:
             raise StoreError("database is locked")
 
     settings = make_settings(tmp_path)
     app = create_app(settings, Down(tmp_path / "t.db"))
+    services_of(app).fast_paths = fast
     with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.get("/ga4gh/tes/v1/tasks/x")
-    body = problem(response, status=503)
-    assert "Traceback" not in json.dumps(body)
+        for response in (
+            client.get("/ga4gh/tes/v1/tasks/x"),
+            client.get("/ga4gh/tes/v1/tasks/x?view=FULL"),
+            client.get("/ga4gh/tes/v1/tasks?view=BASIC"),
+            client.post("/ga4gh/tes/v1/tasks", json=task_body()),
+        ):
+            body = problem(response, status=503)
+            assert "Traceback" not in json.dumps(body)
 
 
 def test_cancel_job_logs_the_cancel_once(api: Api) -> None:

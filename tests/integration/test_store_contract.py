@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +18,18 @@ from typing import Any
 import mongomock
 import pytest
 
-from app import ids
-from app.models import State
+from app import ids, views
+from app.models import State, View
 from app.store import open_store
-from app.store.base import ALLOWED_FROM, TERMINAL, StoreError, TaskFilter, TaskRecord, TaskStore
+from app.store.base import (
+    ALLOWED_FROM,
+    TERMINAL,
+    RenderedPage,
+    StoreError,
+    TaskFilter,
+    TaskRecord,
+    TaskStore,
+)
 from app.store.mongo import MongoStore
 from app.store.sqlite import SqliteStore
 from tests.conftest import make_settings
@@ -341,10 +351,10 @@ def test_sqlite_planner_paths_agree(
 ) -> None:
     # Tiny caps make every filter "dense", so the id-order scans, the density sampling and
     # the name-window fallback all run on a small store; they must list the same tasks.
-    from app.store import sqlite as sqlite_module
+    from app.store import sqlite_plan
 
-    monkeypatch.setattr(sqlite_module, "_SORTABLE", caps[0])
-    monkeypatch.setattr(sqlite_module, "_SAMPLE", caps[1])
+    monkeypatch.setattr(sqlite_plan, "SORTABLE", caps[0])
+    monkeypatch.setattr(sqlite_plan, "_SAMPLE", caps[1])
     sqlite_store = SqliteStore(tmp_path / "tasks.db")
     rng = random.Random(7)
     # The oldest tasks share a prefix that none of the newest have: the name window case.
@@ -384,3 +394,216 @@ def test_sqlite_planner_paths_agree(
         for size in (1, 3, 50, 500):
             assert listed(sqlite_store, flt, size) == want, (flt, size)
     sqlite_store.close()
+
+
+# -- stored views: BASIC and FULL kept beside the doc, never stale ---------------------------
+
+
+def rich_record(**kwargs: Any) -> TaskRecord:
+    """A task with every field a view shapes: inline content, outputs, resources, tags, unicode."""
+    rec = record(name="rich-é", tags={"k": "v", "empty": ""}, **kwargs)
+    rec.doc.update(
+        description="all fields ✓",
+        inputs=[
+            {"path": "/data/in.txt", "content": "hi\n", "type": "FILE"},
+            {"path": "/data/ref", "url": "s3://b/ref/", "type": "DIRECTORY"},
+        ],
+        outputs=[{"path": "/data/out.txt", "url": "s3://b/out.txt", "type": "FILE"}],
+        resources={"cpu_cores": 2, "ram_gb": 1.5, "backend_parameters": {"queue": "q"}},
+        volumes=["/vol"],
+        creation_time="2024-06-11T10:00:00.000000Z",
+    )
+    return rec
+
+
+def assert_views_fresh(store: TaskStore, task_id: str) -> None:
+    """Every view read from the stored views is the view rendered from the doc, byte for byte."""
+    got = store.get(task_id)
+    assert got is not None
+    flt = TaskFilter(owner=got.owner)
+    for view in View:
+        want = json.dumps(views.render(got.doc, view))
+        assert store.get_rendered(task_id, view) == want
+        assert store.get_rendered(task_id, view, owner=got.owner) == want
+        assert store.get_rendered(task_id, view, owner="someone-else") is None
+        page = store.list_rendered(flt, 1000, view=view)
+        assert [json.loads(text)["id"] for text in page.tasks] == listed(store, flt)
+        assert page.tasks[[r.id for r in store.list(flt, 1000).records].index(task_id)] == want
+
+
+def test_views_follow_every_change(store: TaskStore) -> None:
+    rec = rich_record(notes=["dropped backend parameter x"])
+    store.create(rec)
+    task_id = rec.id
+    assert_views_fresh(store, task_id)
+    assert store.transition(task_id, State.INITIALIZING)
+    assert_views_fresh(store, task_id)
+    store.append_attempt(task_id, {"logs": [], "outputs": [], "system_logs": ["submitted"]})
+    assert_views_fresh(store, task_id)  # notes moved into the attempt: FULL shows them
+    running = {
+        "start_time": "2024-06-11T10:00:01Z",
+        "logs": [{"start_time": "s", "exit_code": 0, "stdout": "out", "stderr": "err"}],
+        "metadata": {"pod": "tes-x"},
+    }
+    assert store.update_attempt(task_id, 0, running)
+    assert store.transition(task_id, State.RUNNING)
+    assert_views_fresh(store, task_id)
+    outputs = [{"url": "s3://b/out.txt", "path": "/data/out.txt", "size_bytes": 12}]
+    assert store.update_attempt(task_id, 0, {"outputs": outputs, "end_time": "e"})
+    assert store.transition(task_id, State.QUEUED)  # evicted
+    store.append_attempt(task_id, {"logs": [], "outputs": []})
+    assert_views_fresh(store, task_id)
+    assert store.transition(task_id, State.COMPLETE)
+    assert_views_fresh(store, task_id)
+    full = json.loads(store.get_rendered(task_id, View.FULL) or "")
+    assert full["logs"][0]["outputs"][0]["size_bytes"] == "12"
+    assert full["logs"][0]["system_logs"] == ["dropped backend parameter x", "submitted"]
+    basic = json.loads(store.get_rendered(task_id, View.BASIC) or "")
+    assert "system_logs" not in basic["logs"][0] and "stdout" not in basic["logs"][0]["logs"][0]
+    assert "content" not in basic["inputs"][0] and full["inputs"][0]["content"] == "hi\n"
+
+
+def test_rendered_pages_match_list(store: TaskStore, seeded: dict[str, str]) -> None:
+    for flt, expected in FILTERS:
+        for view in View:
+            before: str | None = None
+            seen: list[str] = []
+            while True:
+                page = store.list_rendered(flt, 2, before=before, view=view)
+                records = store.list(flt, 2, before=before).records
+                assert page.tasks == [json.dumps(views.render(r.doc, view)) for r in records]
+                seen += [r.id for r in records]
+                if not page.more:
+                    break
+                assert page.last_id == records[-1].id
+                before = page.last_id
+            assert seen == [seeded[label] for label in expected]
+    assert store.list_rendered(TaskFilter(owner="carol"), 5) == RenderedPage([], None, False)
+
+
+def test_create_many(store: TaskStore) -> None:
+    batch = [record(name=f"b{i}", tags={"i": str(i)}) for i in range(5)]
+    assert store.create_many(batch) == [None] * 5
+    assert store.create_many([]) == []
+    assert listed(store, TaskFilter(name_prefix="b")) == [r.id for r in batch][::-1]
+    assert listed(store, TaskFilter(tags={"i": "3"})) == [batch[3].id]
+    fresh = record(name="fresh")
+    errors = store.create_many([fresh, batch[2]])
+    assert errors[0] is None and isinstance(errors[1], StoreError)
+    assert "already exists" in str(errors[1]) or batch[2].id in str(errors[1])
+    assert store.get(fresh.id) is not None
+    for rec in [*batch, fresh]:
+        assert_views_fresh(store, rec.id)
+
+
+#: The tasks table of the release before stored views, as such a release created it.
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL, name TEXT,
+    notes TEXT NOT NULL DEFAULT '[]', doc TEXT NOT NULL
+);
+CREATE TABLE tags (
+    task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task_id, key)
+) WITHOUT ROWID;
+"""
+
+
+def old_store(kind: str, tmp_path: Path, records: list[TaskRecord]) -> TaskStore:
+    """A store of ``kind`` holding ``records`` as the release before stored views wrote them."""
+    docs = [({k: v for k, v in r.doc.items() if k != "state"}, r) for r in records]
+    if kind == "sqlite":
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(OLD_SQLITE_SCHEMA)
+            db.executemany(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.id,
+                        r.state.value,
+                        r.owner,
+                        d.get("name"),
+                        json.dumps(r.notes),
+                        json.dumps(d),
+                    )
+                    for d, r in docs
+                ],
+            )
+        db.close()
+        return SqliteStore(path)
+    client: Any = mongomock.MongoClient()
+    old_fields = {"tag_kv": [], "attempts": 0}
+    client["old"]["tasks"].insert_many(
+        [
+            {
+                "_id": r.id,
+                "state": r.state.value,
+                "owner": r.owner,
+                "name": d.get("name"),
+                "notes": r.notes,
+                "doc": d,
+                **old_fields,
+            }
+            for d, r in docs
+        ]
+    )
+    return MongoStore(client, "old")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_older_stores_are_rendered(kind: str, tmp_path: Path) -> None:
+    records = [rich_record(notes=["n"]) for _ in range(5)]
+    migrated = old_store(kind, tmp_path, records)
+    # Before any rendering, reads render from the doc.
+    for rec in records:
+        assert_views_fresh(migrated, rec.id)
+    # A write renders the task it changes, also a document with no revision yet.
+    assert migrated.append_attempt(records[0].id, {"logs": [], "outputs": []}) == 0
+    assert_views_fresh(migrated, records[0].id)
+    assert migrated.render_pending(limit=3) == 3
+    assert migrated.render_pending(limit=100) == 1
+    assert migrated.render_pending() == 0
+    for rec in records:
+        assert_views_fresh(migrated, rec.id)
+    migrated.create(rich_record())
+    assert migrated.render_pending() == 0
+    migrated.close()
+    if kind == "sqlite":  # opening it again migrates nothing twice
+        again = SqliteStore(tmp_path / "old.db")
+        assert again.render_pending() == 0
+        assert_views_fresh(again, records[1].id)
+        again.close()
+
+
+def test_sqlite_write_turn_that_cannot_be_taken_is_a_store_error(tmp_path: Path) -> None:
+    sqlite_store = SqliteStore(tmp_path / "tasks.db")
+    (tmp_path / "tasks.db-writer").mkdir()  # the lock file cannot be opened
+    rec = record()
+    with pytest.raises(StoreError, match=r"cannot lock .*tasks\.db-writer for writing"):
+        sqlite_store.create(rec)
+    with pytest.raises(StoreError, match="must be writable"):
+        sqlite_store.transition(rec.id, State.RUNNING)
+    assert sqlite_store.get(rec.id) is None
+    sqlite_store.close()
+
+
+def test_sqlite_checkpoints_run_off_the_commit_path(tmp_path: Path) -> None:
+    from app.store import sqlite_wal
+
+    path = tmp_path / "tasks.db"
+    sqlite_store = SqliteStore(path)
+    reader = sqlite3.connect(path)  # held open: no checkpoint at the last close
+    # Commits checkpoint only past the backstop, far above what this test writes...
+    assert sqlite_store._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (
+        sqlite_wal.BACKSTOP_PAGES
+    )
+    before = path.stat().st_size
+    for _ in range(sqlite_wal.EVERY):  # ...and the 200th write asks the thread for one
+        add(sqlite_store)
+    deadline = time.monotonic() + 30
+    while path.stat().st_size == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > before  # pages copied from the WAL into the file
+    sqlite_store.close()
+    reader.close()

@@ -442,6 +442,10 @@ class RecordingStore:
         """Delegate."""
         return self.store.ids_in_states(states, limit)
 
+    def render_pending(self, limit: int = 1000) -> int:
+        """Delegate."""
+        return self.store.render_pending(limit)
+
     def close(self) -> None:
         """Delegate."""
         self.store.close()

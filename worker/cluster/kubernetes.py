@@ -23,7 +23,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from worker import jobspec
-from worker.cluster import k8s_errors, k8s_lease, k8s_watch
+from worker.cluster import k8s_errors, k8s_lease, k8s_raw, k8s_watch
 from worker.cluster.base import (
     MANAGED_BY,
     TASK_ID,
@@ -234,8 +234,9 @@ class KubernetesCluster:
         return self.lease_namespace if resource == LEASES else self.namespace
 
     def _create(self, resource: str, body: Json) -> Json:
-        method = self._api(resource, "create")
-        return self._json("create", resource, method, self._where(resource), body)
+        # Posted as prepared JSON: the client's models would cost more than the call (k8s_raw).
+        where = self._where(resource)
+        return k8s_raw.create(self.api, resource, where, body, self.request_timeout)
 
     def _read(self, resource: str, name: str) -> Json:
         method = self._api(resource, "read")
