@@ -53,6 +53,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         f"quota: cpu={os.cpu_count()}, the machine's cpu count)",
         lambda args, gen: runtime.runtime(args.runtime_rounds, args.runtime_tasks, args.local_cpu),
     ),
+    "fixedcost": (
+        "The fixed cost of a task: one `true` executor through `kueue-tes serve` and its HTTP "
+        "API (CreateTask -> COMPLETE seen by the client) against the same pod's sandboxes run "
+        "by hand, in kubelet's order (medians)",
+        lambda args, gen: runtime.fixed_cost(args.runtime_rounds),
+    ),
     "images": (
         "Images in the local runtime, from a registry on loopback: per-executor overhead "
         f"({runtime.EXECUTORS} executors running `true`) on a cached image against host-root "
@@ -91,7 +97,7 @@ BENCHMARKS["submission"] = (
 #: Names that stand for several benchmarks.
 GROUPS = {
     "api": ["throughput", "list"],
-    "hotpaths": ["create", "pages", "submission"],
+    "hotpaths": ["create", "pages", "submission", "fixedcost"],
     "all": list(BENCHMARKS),
 }
 

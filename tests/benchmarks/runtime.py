@@ -305,17 +305,11 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
             runs: list[TaskRun] = []
             direct: list[float] = []
             parts: list[tuple[float, float]] = []
-            singles: list[TaskRun] = []
-            by_hand: list[float] = []
             for i in range(rounds):
                 note(f"runtime: {EXECUTORS} executors, round {i + 1} of {rounds}")
                 direct.append(run_directly(EXECUTORS))
                 parts.append(run_parts(EXECUTORS, work / "control"))
                 runs.append(run_task(client, body))
-                note(f"runtime: one-executor tasks and their pods by hand, round {i + 1}")
-                for _ in range(FIXED_SAMPLES):
-                    by_hand.append(run_pod_by_hand(work, [TRUE]))
-                    singles.append(run_task(client, {"name": "fixed", "executors": [TRUE]}))
             note(f"runtime: {tasks} trivial tasks at once, default quota")
             default = burst(client, tasks, "default")
         with serve(work, {"KUEUE_TES_LOCAL_CPU": f"{raised_cpu:g}"}) as client:
@@ -334,9 +328,6 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
     best = min(run.span - ref for run, ref in zip(runs, direct, strict=True)) / EXECUTORS
     fixed = statistics.median(run.end_to_end - run.span for run in runs)
     cpu = os.cpu_count() or 1
-    hand = statistics.median(by_hand)
-    single = statistics.median(run.end_to_end for run in singles)
-    single_fixed = statistics.median(run.end_to_end - run.span for run in singles)
     return [
         Row("load average (1 min): start -> end", f"{load:.1f} -> {os.getloadavg()[0]:.1f}"),
         Row(f"{EXECUTORS} x `true` run directly (subprocess, sequential)", _each(reference)),
@@ -363,6 +354,45 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
         Row("fixed per-task overhead = end to end - span", _ms(fixed)),
         Row("  CreateTask -> 1st executor start (setup, sequencer)", _ms(median("startup"))),
         Row("  last executor end -> COMPLETE seen by the client", _ms(median("teardown"))),
+        Row("pod of a one-executor task requests (admission)", pod_request()),
+        Row(
+            f"throughput, quota cpu={cpu} (default) [{default.at_once} at once]",
+            f"{default.per_minute:,.0f} tasks/min ({default.tasks} in {default.seconds:.1f} s)",
+        ),
+        Row(
+            f"throughput, quota cpu={raised_cpu:g} [{raised.at_once} at once]",
+            f"{raised.per_minute:,.0f} tasks/min ({raised.tasks} in {raised.seconds:.1f} s)",
+            reference=f"{default.per_minute:,.0f} tasks/min",
+            ratio=f"{raised.per_minute / default.per_minute:.2f}x",
+        ),
+    ]
+
+
+def fixed_cost(rounds: int) -> list[Row]:
+    """The fixed cost of a task of one `true` executor, next to its pod's sandboxes by hand.
+
+    ``rounds`` x ``FIXED_SAMPLES`` tasks through a real ``kueue-tes serve`` (after a warm-up
+    task), each after the same pod's sandboxes run by hand (``handrun``), its reference;
+    medians. Target (issue 12): end to end - executor span <= ``MAX_FIXED_SECONDS``.
+    """
+    load = os.getloadavg()[0]
+    singles: list[TaskRun] = []
+    by_hand: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="kueue-tes-bench-") as tmp:
+        work = Path(tmp)
+        with serve(work) as client:
+            note("fixed cost: a warm-up task")
+            run_task(client, {"name": "fixed", "executors": [TRUE]})
+            for i in range(rounds):
+                note(f"fixed cost: one-executor tasks and their pods by hand, round {i + 1}")
+                for _ in range(FIXED_SAMPLES):
+                    by_hand.append(run_pod_by_hand(work, [TRUE]))
+                    singles.append(run_task(client, {"name": "fixed", "executors": [TRUE]}))
+    hand = statistics.median(by_hand)
+    single = statistics.median(run.end_to_end for run in singles)
+    single_fixed = statistics.median(run.end_to_end - run.span for run in singles)
+    return [
+        Row("load average (1 min): start -> end", f"{load:.1f} -> {os.getloadavg()[0]:.1f}"),
         Row(
             f"one `true` executor: its pod's sandboxes run by hand (median of {len(by_hand)})",
             _ms(hand),
@@ -383,16 +413,5 @@ def runtime(rounds: int, tasks: int, raised_cpu: float) -> list[Row]:
         Row(
             "  CreateTask -> executor start (one `true` executor)",
             _ms(statistics.median(run.startup for run in singles)),
-        ),
-        Row("pod of a one-executor task requests (admission)", pod_request()),
-        Row(
-            f"throughput, quota cpu={cpu} (default) [{default.at_once} at once]",
-            f"{default.per_minute:,.0f} tasks/min ({default.tasks} in {default.seconds:.1f} s)",
-        ),
-        Row(
-            f"throughput, quota cpu={raised_cpu:g} [{raised.at_once} at once]",
-            f"{raised.per_minute:,.0f} tasks/min ({raised.tasks} in {raised.seconds:.1f} s)",
-            reference=f"{default.per_minute:,.0f} tasks/min",
-            ratio=f"{raised.per_minute / default.per_minute:.2f}x",
         ),
     ]
