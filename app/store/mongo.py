@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import builtins
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pymongo
@@ -13,12 +15,23 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.models import State
-from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
+from app.store.base import (
+    TERMINAL,
+    Page,
+    QueueStats,
+    StoreError,
+    TaskFilter,
+    TaskRecord,
+    allowed_from,
+    queue_of,
+)
 
 _ASC, _DESC = pymongo.ASCENDING, pymongo.DESCENDING
 
 #: Every list filter (alone and under an owner) ends in _id descending, so one index scan
 #: yields a page newest first; the name range is the exception and the planner may sort.
+#: Counts per queue and state, recent ends and the longest wait: all read from this index alone.
+_BY_QUEUE = [("state", _ASC), ("queue", _ASC), ("since", _ASC)]
 _INDEXES: list[list[tuple[str, int]]] = [
     [("state", _ASC), ("_id", _DESC)],
     [("owner", _ASC), ("_id", _DESC)],
@@ -29,9 +42,10 @@ _INDEXES: list[list[tuple[str, int]]] = [
     [("tag_kv.k", _ASC), ("tag_kv.v", _ASC), ("_id", _DESC)],
     [("owner", _ASC), ("tag_kv.k", _ASC), ("_id", _DESC)],
     [("owner", _ASC), ("tag_kv.k", _ASC), ("tag_kv.v", _ASC), ("_id", _DESC)],
+    _BY_QUEUE,
 ]
 
-_FULL = {"state": 1, "owner": 1, "notes": 1, "doc": 1}
+_FULL = {"state": 1, "owner": 1, "notes": 1, "doc": 1, "queue": 1, "since": 1}
 _MINIMAL = {"state": 1}
 
 #: append_attempt retries this often when a concurrent writer beats it to the first attempt.
@@ -52,16 +66,22 @@ class MongoStore:
     """TaskStore on one MongoDB collection, ``tasks``, with ``_id`` the task id."""
 
     def __init__(
-        self, client: pymongo.MongoClient[dict[str, Any]], database: str, *, owns: bool = False
+        self,
+        client: pymongo.MongoClient[dict[str, Any]],
+        database: str,
+        *,
+        owns: bool = False,
+        default_queue: str = "",
     ) -> None:
         """Use ``database`` through ``client``; ``owns`` makes close() close the client too."""
         self._client = client
-        self._owns = owns
+        self._owns, self._queue = owns, default_queue
         self._tasks: Collection[dict[str, Any]] = client[database]["tasks"]
         self.ensure_indexes()
+        self._migrate()
 
     @classmethod
-    def from_uri(cls, uri: str, database: str) -> MongoStore:
+    def from_uri(cls, uri: str, database: str, default_queue: str = "") -> MongoStore:
         """Connect to the server at ``uri`` and use ``database``."""
         try:
             client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
@@ -71,7 +91,7 @@ class MongoStore:
             # Never echo the URI: it may carry a password.
             raise StoreError(f"KUEUE_TES_MONGO_URI is not usable: {exc}") from exc
         try:
-            return cls(client, database, owns=True)
+            return cls(client, database, owns=True, default_queue=default_queue)
         except StoreError:
             client.close()
             raise
@@ -91,6 +111,8 @@ class MongoStore:
             "state": State(record.state).value,
             "owner": record.owner,
             "name": doc.get("name"),
+            "queue": record.queue or queue_of(doc, self._queue),
+            "since": time.time(),
             "tag_kv": [{"k": key, "v": str(value)} for key, value in tags.items()],
             "notes": list(record.notes),
             # Counts doc.logs, so append_attempt learns its index from the same atomic update.
@@ -151,7 +173,8 @@ class MongoStore:
             return False
         with _translated(f"cannot move task {task_id} to {to.value}"):
             result = self._tasks.update_one(
-                {"_id": task_id, "state": {"$in": allowed}}, {"$set": {"state": to.value}}
+                {"_id": task_id, "state": {"$in": allowed}},
+                {"$set": {"state": to.value, "since": time.time()}},
             )
         return result.modified_count == 1
 
@@ -216,6 +239,57 @@ class MongoStore:
             cursor = self._tasks.find({"state": {"$in": values}}, {"_id": 1})
             return [str(d["_id"]) for d in cursor.sort("_id", _ASC).limit(limit)]
 
+    def _migrate(self) -> None:
+        """Give tasks stored before queues were kept their queue and since-when (idempotent)."""
+        with _translated("cannot add queues to the stored tasks"):
+            fields = {"doc.resources.backend_parameters.queue": 1, "doc.creation_time": 1}
+            for found in self._tasks.find({"queue": {"$exists": False}}, fields):
+                doc = found.get("doc") or {}
+                try:
+                    since = datetime.fromisoformat(str(doc.get("creation_time"))).timestamp()
+                except ValueError:
+                    since = 0.0
+                self._tasks.update_one(
+                    {"_id": found["_id"], "queue": {"$exists": False}},
+                    {"$set": {"queue": queue_of(doc, self._queue), "since": since}},
+                )
+
+    def counts(self) -> dict[tuple[str, State], int]:
+        """Return how many tasks each (LocalQueue, state) holds: a count over one index that
+        reads no task document."""
+        with _translated("cannot count tasks"):
+            found = self._tasks.aggregate(
+                [
+                    {"$match": {"state": {"$in": [state.value for state in State]}}},
+                    {"$group": {"_id": {"q": "$queue", "s": "$state"}, "n": {"$sum": 1}}},
+                ],
+                hint=_index_name(_BY_QUEUE),
+            )
+            return {(str(g["_id"]["q"]), State(g["_id"]["s"])): int(g["n"]) for g in found}
+
+    def queues(self, finished_after: float) -> builtins.list[QueueStats]:
+        """Return every LocalQueue's counts, recent ends and longest wait, from one index."""
+        by_queue: dict[str, dict[State, int]] = {}
+        for (queue, state), n in self.counts().items():
+            by_queue.setdefault(queue, {})[state] = n
+        out = []
+        with _translated("cannot summarise the queues"):
+            for queue, states in sorted(by_queue.items()):
+                ended = [s.value for s in TERMINAL if s in states]
+                recent = {
+                    "state": {"$in": ended},
+                    "queue": queue,
+                    "since": {"$gte": finished_after},
+                }
+                finished = self._tasks.count_documents(recent) if ended else 0
+                oldest = None
+                if states.get(State.QUEUED):
+                    waiting = {"state": State.QUEUED.value, "queue": queue}
+                    found = self._tasks.find_one(waiting, _FULL, sort=[("since", _ASC)])
+                    oldest = None if found is None else _record(found)
+                out.append(QueueStats(queue, states, finished, oldest))
+        return out
+
     def close(self) -> None:
         """Close the client if this store opened it."""
         if self._owns:
@@ -252,4 +326,10 @@ def _record(found: dict[str, Any]) -> TaskRecord:
         owner=str(found.get("owner", "")),
         doc=doc,
         notes=list(found.get("notes") or []),
+        queue=str(found.get("queue") or ""),
+        since=found.get("since"),
     )
+
+
+def _index_name(keys: list[tuple[str, int]]) -> str:
+    return "_".join(f"{name}_{direction}" for name, direction in keys)

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from app.models import State
-from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from
+from app.store import sqlite_queues
+from app.store.base import Page, StoreError, TaskFilter, TaskRecord, allowed_from, queue_of
 
 # `doc` is the last column: a large doc spills into overflow pages, and columns stored after
 # it would have to be read from there too. Each index costs a page written per create, so
@@ -28,6 +30,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,
     owner TEXT NOT NULL,
     name TEXT,
+    queue TEXT, since REAL,
     notes TEXT NOT NULL DEFAULT '[]',
     doc TEXT NOT NULL
 );
@@ -43,8 +46,10 @@ CREATE INDEX IF NOT EXISTS tags_kv ON tags (key, value, task_id);
 COMMIT;
 """
 
-_INSERT = "INSERT INTO tasks (id, state, owner, name, notes, doc) VALUES (?, ?, ?, ?, ?, ?)"
+_COLUMNS = "id, state, owner, name, queue, since, notes, doc"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 8)})"
 _UPDATE = "UPDATE tasks SET doc = ?, notes = ? WHERE id = ?"
+_record = sqlite_queues.record
 _TAG = "INSERT INTO tags (task_id, key, value) VALUES (?, ?, ?)"
 
 #: How many matches of a filter the planner looks at: up to _SORTABLE name matches are cheap
@@ -101,12 +106,12 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore:
+class SqliteStore(sqlite_queues.QueueQueries):
     """TaskStore on one SQLite file: one connection per thread, WAL so readers never block."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 30_000, default_queue: str = "") -> None:
         """Open (and create, with its parent directories) the store file at ``path``."""
-        self._path = Path(path)
+        self._path, self._queue = Path(path), default_queue
         self._busy_ms = int(busy_timeout_ms)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -124,6 +129,7 @@ class SqliteStore:
                 why = f"{self._path} cannot use WAL mode (got {mode!r}); put it on a local disk"
                 raise StoreError(why)
             db.executescript(_SCHEMA)
+            sqlite_queues.migrate(db, default_queue)
 
     def _db(self) -> sqlite3.Connection:
         if self._closed:
@@ -166,14 +172,15 @@ class SqliteStore:
         doc = {key: value for key, value in record.doc.items() if key != "state"}
         tags: dict[str, Any] = doc.get("tags") or {}
         with _translated(f"cannot create task {record.id}"), self._immediate() as db:
-            row = (record.id, State(record.state).value, record.owner, doc.get("name"))
+            queue = record.queue or queue_of(doc, self._queue)
+            row = (record.id, State(record.state).value, record.owner, doc.get("name"), queue)
             notes = _dumps(list(record.notes))
-            db.execute(_INSERT, (*row, notes, _dumps(doc)))
+            db.execute(_INSERT, (*row, time.time(), notes, _dumps(doc)))
             db.executemany(_TAG, [(record.id, key, str(value)) for key, value in tags.items()])
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
-        sql = "SELECT id, state, owner, notes, doc FROM tasks WHERE id = ?"
+        sql = f"SELECT {', '.join(sqlite_queues.COLUMNS)} FROM tasks WHERE id = ?"
         with _translated(f"cannot read task {task_id}"):
             row = self._db().execute(sql, (task_id,)).fetchone()
         if row is None or (owner is not None and row[2] != owner):
@@ -223,9 +230,9 @@ class SqliteStore:
         if not allowed:
             return False
         marks = ", ".join("?" * len(allowed))
-        sql = f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})"
+        sql = f"UPDATE tasks SET state = ?, since = ? WHERE id = ? AND state IN ({marks})"
         with _translated(f"cannot move task {task_id} to {to.value}"):
-            return self._db().execute(sql, (to.value, task_id, *allowed)).rowcount == 1
+            return self._db().execute(sql, (to.value, time.time(), task_id, *allowed)).rowcount == 1
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
         """Append one TES TaskLog (notes first in its system_logs); return its index."""
@@ -280,15 +287,6 @@ class SqliteStore:
             self._holders = weakref.WeakSet()
         for holder in holders:
             holder.db.close()
-
-
-def _record(row: tuple[Any, ...]) -> TaskRecord:
-    task_id, state, owner, notes, doc = row
-    full: dict[str, Any] = {"id": task_id, "state": state}
-    full.update(json.loads(doc))
-    return TaskRecord(
-        id=task_id, state=_STATES[state], owner=owner, doc=full, notes=json.loads(notes)
-    )
 
 
 def _streams(flt: TaskFilter, before: str | None) -> tuple[list[_Stream], _Stream]:
@@ -353,7 +351,7 @@ def _listing(
 
     A ``window`` limits an id-order scan to that many of the newest tasks.
     """
-    cols = "t.id, t.state" if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
+    cols = "t.id, t.state" if minimal else ", ".join(f"t.{c}" for c in sqlite_queues.COLUMNS)
     index = f" INDEXED BY {stream.index}" if stream.index else ""
     if stream.tag is not None:
         source = f"tags AS g{index} CROSS JOIN tasks AS t ON t.id = g.task_id"
