@@ -12,8 +12,8 @@ import os
 
 from app.models import State
 from app.store.base import TaskStore
-from worker import context, jobspec, states
-from worker.cluster.base import QUEUE_NAME, PermanentError
+from worker import context, jobspec, observer, states
+from worker.cluster.base import QUEUE_NAME, PermanentError, TransientError
 from worker.watcher import now
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def submit(task_id: str) -> str:
         configmap = jobspec.build_configmap(record.doc, ctx.settings)
         job = jobspec.build_job(record.doc, ctx.settings, os.environ)
     except ValueError as exc:
+        observer.submission_failed("invalid_task")
         return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
     queue = job["metadata"]["labels"][QUEUE_NAME]
     if not record.doc.get("logs"):
@@ -69,7 +70,12 @@ def submit(task_id: str) -> str:
     try:
         ctx.cluster.submit(task_id, configmap, job)
     except PermanentError as exc:
+        observer.submission_failed("refused")
         return _fail(ctx.store, task_id, f"the cluster refused the task's Job: {exc}")
+    except TransientError:
+        observer.submission_failed("transient")
+        raise  # RQ retries
+    observer.submitted(queue)
     log.info(
         "task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue
     )

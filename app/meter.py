@@ -1,0 +1,127 @@
+"""The outermost ASGI layer of the API: counts and times every request, and serves /metrics.
+
+It sits outside the front door (app/frontdoor.py) and Connexion's exception handling, so it
+sees every answer whoever gives it: the GetTask and ListTasks fast paths, the spec-driven
+routes, 401s, 404s and the 500s of handled errors. The operation label comes from a bounded
+map of the spec's route templates to their operationIds (:class:`Operations`), never from the
+raw path. The per-request cost is a few regex tests, one counter and one histogram update on
+label children cached after their first use (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import yaml
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.services import Services
+
+METRICS_PATH = "/metrics"
+DASHBOARD = "Dashboard"  # the dashboard's pages, one label value for all of them
+OTHER = "other"  # any path or method no route serves
+
+_Children = tuple[Any, Any]
+
+
+class Operations:
+    """Route templates of the spec under each base path → operationId, tried in order."""
+
+    def __init__(self, routes: Iterable[tuple[str, str, str]]) -> None:
+        """Use (method, path regex, operationId) triples."""
+        self._routes = [(method, re.compile(rx), name) for method, rx, name in routes]
+
+    @classmethod
+    def from_spec(cls, spec: Path, base_paths: Iterable[str]) -> Operations:
+        """Read the operations of an OpenAPI file served under ``base_paths``."""
+        return cls(_routes(str(spec), tuple(base_paths)))
+
+    def name(self, method: str, path: str) -> str:
+        """Return the operationId serving ``method path``, DASHBOARD, or OTHER."""
+        if path.startswith("/dashboard"):
+            return DASHBOARD
+        for want, rx, name in self._routes:
+            if want == method and rx.match(path):
+                return name
+        return OTHER
+
+
+@functools.lru_cache(maxsize=4)
+def _routes(spec: str, base_paths: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    doc = yaml.load(Path(spec).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    found: list[tuple[str, str, str, int]] = []
+    for template, ops in (doc.get("paths") or {}).items():
+        literal = re.escape(template).replace(r"\{id\}", "[^/]+")
+        for method, op in ops.items():
+            if isinstance(op, dict) and "operationId" in op:
+                for base in base_paths:
+                    rx = f"^{re.escape(base)}{literal}$"
+                    found.append((method.upper(), rx, op["operationId"], -len(template)))
+    # py-tes 0.4 asks for service-info here; the front door answers it as GetServiceInfo.
+    found.append(("GET", r"^/v1/tasks/service-info$", "GetServiceInfo", -1000))
+    found.sort(key=lambda route: route[3])  # the longest template first: ":cancel" before {id}
+    return [(method, rx, name) for method, rx, name, _ in found]
+
+
+class Meter:
+    """Count and time every HTTP request; answer ``GET /metrics`` (no credentials needed)."""
+
+    def __init__(self, app: ASGIApp, services: Services, operations: Operations) -> None:
+        """Wrap the rest of the stack; ``services.store`` feeds ``kueue_tes_tasks``."""
+        self.app, self.operations = app, operations
+        self.extra = CollectorRegistry(auto_describe=False)
+        self.extra.register(metrics.TaskCounts(services.store.counts))
+        self._children: dict[tuple[str, int], _Children] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI event."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if path == METRICS_PATH and method in ("GET", "HEAD"):
+            await self._expose(method, send)
+            return
+        operation = self.operations.name(method, path)
+        status = 500  # what the client gets if the app raises before it answers
+        start = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self._record(operation, status, time.perf_counter() - start)
+
+    def _record(self, operation: str, status: int, seconds: float) -> None:
+        children = self._children.get((operation, status))
+        if children is None:
+            children = (
+                metrics.API_REQUESTS.labels(operation, str(status)),
+                metrics.API_LATENCY.labels(operation),
+            )
+            self._children[(operation, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    async def _expose(self, method: str, send: Send) -> None:
+        # The store's counts may be a network round trip: off the event loop.
+        body = await anyio.to_thread.run_sync(metrics.exposition, self.extra)
+        headers = [
+            (b"content-type", metrics.CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
