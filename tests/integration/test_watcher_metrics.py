@@ -14,6 +14,7 @@ from app.models import State
 from app.store.base import TaskRecord
 from app.store.sqlite import SqliteStore
 from tests.conftest import make_settings
+from tests.integration import test_watcher
 from tests.integration.test_watcher import (
     OUTPUTS,
     T0,
@@ -23,11 +24,11 @@ from tests.integration.test_watcher import (
     report,
     stamp,
 )
-from tests.integration.test_watcher import world  # noqa: F401 (the fixture)
 from worker import context, jobs
 from worker.cluster.base import PermanentError, TransientError
 
 QUEUE = "team-a"
+world = test_watcher.world  # the fixture, shared
 
 
 def sample(name: str, **labels: str) -> float:
