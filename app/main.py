@@ -19,6 +19,7 @@ from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, Parame
 from starlette.types import Scope
 
 from app import auth, frontdoor, meter, problems, queue, routing, services, store
+from app.dashboard.server import Dashboard
 from app.settings import Settings
 from app.store.base import StoreError, TaskStore
 
@@ -141,6 +142,8 @@ def create_app(
     app.add_middleware(
         frontdoor.FrontDoor, position=MiddlewarePosition.BEFORE_SWAGGER, services=svc
     )
+    # Behind the front door, so behind its authentication.
+    app.add_middleware(Dashboard, position=MiddlewarePosition.BEFORE_SWAGGER, services=svc)
     if settings.metrics:  # outermost but for the server-error layer: it sees every answer
         operations = meter.Operations.from_spec(SPEC_DIR / SPEC_FILE, BASE_PATHS)
         position = MiddlewarePosition.BEFORE_EXCEPTION

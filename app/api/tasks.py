@@ -164,12 +164,16 @@ def list_page(svc: services.Services, principal: auth.Principal, query: ListQuer
 
 def cancel_task(id: str) -> Json | ConnexionResponse:
     """Move an active task to CANCELING and enqueue the cancel; terminal tasks are left as is."""
-    svc = services.current()
-    principal = auth.current()
+    done = cancel(services.current(), auth.current(), id)
+    return problems.not_found(id) if done is None else done
+
+
+def cancel(svc: services.Services, principal: auth.Principal, id: str) -> Json | None:
+    """CancelTask for ``principal`` (also the dashboard's): ``{}``, or None for a 404."""
     # Another owner's task is 404 like an unknown id, so ids do not leak.
     record = svc.store.get(id, owner=principal.owner_filter())
     if record is None:
-        return problems.not_found(id)
+        return None
     if svc.store.transition(id, State.CANCELING, expect=_CANCELABLE):
         log.info("task %s: CANCELING (asked by %s)", id, principal.name)
     try:
