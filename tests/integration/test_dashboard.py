@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser import browser_context
 from tests.integration.e2e_support import Server, serve_env, serving
@@ -104,13 +105,12 @@ def alice(site: Site) -> Iterator[Any]:
 
 
 def _rows(page: Any) -> dict[str, str]:
-    """Task name -> state, as the list shows them."""
-    out = {}
-    for row in page.query_selector_all("table.tasks tbody tr"):
-        cells = row.query_selector_all("td")
-        name = cells[1].inner_text().splitlines()[0]
-        out[name] = cells[2].inner_text()
-    return out
+    """Task name -> state, as the list shows them (read at once: the live refresh swaps rows)."""
+    pairs = page.eval_on_selector_all(
+        "table.tasks tbody tr",
+        "rows => rows.map(r => [r.cells[1].innerText.split('\\n')[0], r.cells[2].innerText])",
+    )
+    return dict(pairs)
 
 
 def _until(page: Any, check: Any, timeout: float = 60.0) -> None:
@@ -140,10 +140,9 @@ def test_list_shows_only_ones_own_tasks_and_filters(site: Site, alice: Any) -> N
     alice.goto(f"{site.root}/dashboard/?name_prefix=align&page_size=1")
     while True:
         seen += list(_rows(alice))
-        older = alice.query_selector("text=Older tasks")
-        if older is None:
+        if alice.query_selector("text=Older tasks") is None:
             break
-        older.click()
+        alice.click("text=Older tasks")
     assert seen == ["align-2", "align-1"]
 
 
@@ -157,9 +156,8 @@ def test_task_page_shows_logs_reason_and_cancel(site: Site, alice: Any) -> None:
     alice.on("dialog", lambda dialog: dialog.accept())
     alice.click("form.cancel button")
     alice.wait_for_url(re.compile(r"/dashboard/tasks/"))
-    alice.wait_for_function(
-        "document.querySelector('.title .badge').textContent === 'CANCELED'", timeout=60_000
-    )
+    # No reload: the page's own live refresh shows the change.
+    expect(alice.locator(".title .badge")).to_have_text("CANCELED", timeout=60_000)
     assert alice.query_selector("form.cancel") is None  # nothing left to cancel
     # A task that ran: executors, per-attempt executor logs with stdout and stderr tails.
     alice.goto(f"{site.root}/dashboard/tasks/{site.tasks['align-1']}")
