@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api, auth, runtime, submit, watcher
+from tests.benchmarks import api, auth, metrics, runtime, submit, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -46,6 +46,13 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "page: as the owner of the rest (owner filter) against an admin (none); medians of "
         "sequential requests, OIDC on; [n] = tasks on the page",
         lambda args, gen: auth.owner_listing(args.workers),
+    ),
+    "metrics": (
+        "Metrics through gunicorn: GetTask MINIMAL with KUEUE_TES_METRICS on against off (best "
+        "of the rounds), and one scrape of /metrics over the seeded tasks against GetTask",
+        lambda args, gen: (
+            metrics.gettask(gen, args.workers, args.rounds) + metrics.scrape(args.workers)
+        ),
     ),
     "runtime": (
         f"Local runtime through `kueue-tes serve` and its HTTP API: {runtime.EXECUTORS} executors "
@@ -125,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             if each not in names:
                 names.append(each)
     gen = load_generator(args.connections, args.duration, args.warmup)
-    loaded = "throughput" in names or "auth" in names  # the benchmarks that use the generator
+    loaded = (
+        "throughput" in names or "auth" in names or "metrics" in names
+    )  # the benchmarks that use the generator
     used = f"{gen.label}, best of {args.rounds} rounds" if loaded else "none"
     print(
         f"kueue-tes benchmarks | machine: {machine()} | load generator: {used} | server: "
