@@ -57,9 +57,9 @@ def gettask(gen: LoadGenerator, workers: int, rounds: int) -> list[Row]:
                 counted = [
                     line
                     for line in scraped.splitlines()
-                    if line.startswith(
-                        'kueue_tes_api_requests_total{code="200",operation="GetTask"}'
-                    )
+                    if line.startswith("kueue_tes_api_requests_total{")
+                    and 'operation="GetTask"' in line
+                    and 'code="200"' in line
                 ]
                 if not counted:
                     raise RuntimeError("the server with metrics on did not count GetTask")
