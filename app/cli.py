@@ -155,6 +155,9 @@ def api(settings: Settings) -> None:
     # set before prometheus_client is first imported (by app.main, below).
     shared = tempfile.mkdtemp(prefix="kueue-tes-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     from app import metrics
     from app.main import create_app
 
