@@ -92,9 +92,14 @@ def _tags(tags: Mapping[str, str] | None) -> str:
 
 
 def task_list(
-    tasks: list[Json], filters: Mapping[str, Any], next_token: str | None, now: float
+    tasks: list[Json],
+    filters: Mapping[str, Any],
+    next_token: str | None,
+    now: float,
+    reasons: Mapping[str, str] | None = None,
 ) -> str:
-    """Return the task list page: the ListTasks filters as a form, one row per task."""
+    """Return the task list page: the ListTasks filters as a form, one row per task, and
+    under each waiting task why it waits (``reasons``: task id → reason)."""
     state = filters.get("state") or ""
     options = "".join(
         f'<option value="{s}"{" selected" if s == state else ""}>{s or "any"}</option>'
@@ -120,7 +125,7 @@ def task_list(
         executors = task.get("executors") or []
         image = escape(str(executors[0].get("image", ""))) if executors else ""
         more = f" <small>+{len(executors) - 1}</small>" if len(executors) > 1 else ""
-        why = reason(task) if task["state"] == "QUEUED" else None
+        why = (reasons or {}).get(task["id"]) if task["state"] == "QUEUED" else None
         note = f'<div class="why">{escape(why)}</div>' if why else ""
         href = f"{ROOT}/tasks/{escape(task['id'])}"
         live = " data-live" if task["state"] in ACTIVE else ""

@@ -116,7 +116,16 @@ class Dashboard:
         if not isinstance(result, dict):  # a 400 problem: show its detail
             detail = _detail(result)
             return 400, pages.error_page(400, detail)
-        body = pages.task_list(result["tasks"], query, result.get("next_page_token"), now)
+        # A BASIC page has no system logs: read why each waiting task waits (a point read each).
+        reasons = {}
+        for task in result["tasks"]:
+            if task["state"] == "QUEUED":
+                record = self.services.store.get(task["id"], owner=principal.owner_filter())
+                why = pages.reason(record.doc) if record is not None else None
+                if why:
+                    reasons[task["id"]] = why
+        token = result.get("next_page_token")
+        body = pages.task_list(result["tasks"], query, token, now, reasons)
         return 200, pages.page("Tasks", body, live=True, active="Tasks")
 
     def _queues(self, principal: auth.Principal, now: float) -> str:

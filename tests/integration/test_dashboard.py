@@ -152,6 +152,10 @@ def test_task_page_shows_logs_reason_and_cancel(site: Site, alice: Any) -> None:
     _until(alice, lambda: WAITING in alice.content() or "CANCELED" in alice.content())
     assert alice.query_selector(".why.big") is not None
     assert "QUEUED" in alice.inner_text(".title")
+    # The list says why under the waiting task too.
+    alice.goto(f"{site.root}/dashboard/?name_prefix=blocked")
+    assert WAITING in alice.inner_text("table.tasks tbody tr .why")
+    alice.goto(f"{site.root}/dashboard/tasks/{site.tasks['blocked']}")
     # Cancel it from the page; the live page follows it to CANCELED.
     alice.on("dialog", lambda dialog: dialog.accept())
     alice.click("form.cancel button")
