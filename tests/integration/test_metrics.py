@@ -233,3 +233,28 @@ def test_api_metrics_add_up_across_gunicorn_workers(tmp_path: Path, redis_db: st
             assert value(samples, "kueue_tes_tasks", state="QUEUED", queue="tes") == 1
         assert pids  # each worker that served writes its own files there
     assert not list(tmp_path.glob("kueue-tes-metrics-*")), "removed when the API stops"
+
+
+def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
+    """KUEUE_TES_METRICS=false: no /metrics and no counting; on: the text format, HEAD too."""
+    from starlette.testclient import TestClient
+
+    from app.main import create_app
+    from app.store.sqlite import SqliteStore
+    from tests.conftest import make_settings
+
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"  # never reached by these requests
+    for enabled in (False, True):
+        settings = make_settings(tmp_path, redis_url=redis_url, metrics=enabled)
+        store = SqliteStore(tmp_path / f"{enabled}.db")
+        with TestClient(create_app(settings, store)) as client:
+            response = client.get("/metrics")
+            if not enabled:
+                assert response.status_code == 404
+                continue
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert "# TYPE kueue_tes_api_requests_total counter" in response.text
+            head = client.head("/metrics")
+            assert head.status_code == 200 and head.content == b""
+        store.close()
