@@ -4,18 +4,18 @@ It sits outside the front door (app/frontdoor.py) and Connexion's exception hand
 sees every answer whoever gives it: the GetTask and ListTasks fast paths, the spec-driven
 routes, 401s, 404s and the 500s of handled errors. The operation label comes from a bounded
 map of the spec's route templates to their operationIds (:class:`Operations`), never from the
-raw path. The per-request cost is a few regex tests, one counter and one histogram update on
-label children cached after their first use (docs/performance.md).
+raw path. The per-request cost is a dict lookup of the path's operation and a few additions in plain
+Python; they reach the shared metrics once a second (:class:`app.metrics.RequestTally`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import yaml
@@ -29,7 +29,9 @@ METRICS_PATH = "/metrics"
 DASHBOARD = "Dashboard"  # the dashboard's pages, one label value for all of them
 OTHER = "other"  # any path or method no route serves
 
-_Children = tuple[Any, Any]
+#: Request counts reach the shared metrics at least this often (seconds).
+FLUSH_SECONDS = 1.0
+_NAMES = 4096  # paths whose operation name is remembered
 
 
 class Operations:
@@ -79,7 +81,10 @@ class Meter:
         self.app, self.operations = app, operations
         self.extra = CollectorRegistry(auto_describe=False)
         self.extra.register(metrics.TaskCounts(services.store.counts))
-        self._children: dict[tuple[str, int], _Children] = {}
+        self.tally = metrics.RequestTally()
+        self._flushing = False
+        # Clients poll the same few paths over and over: remember their names (bounded).
+        self._names: dict[tuple[str, str], str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI event."""
@@ -90,7 +95,12 @@ class Meter:
         if path == METRICS_PATH and method in ("GET", "HEAD"):
             await self._expose(method, send)
             return
-        operation = self.operations.name(method, path)
+        operation = self._names.get((method, path))
+        if operation is None:
+            operation = self.operations.name(method, path)
+            if len(self._names) >= _NAMES:
+                self._names.clear()
+            self._names[(method, path)] = operation
         status = 500  # what the client gets if the app raises before it answers
         start = time.perf_counter()
 
@@ -103,20 +113,19 @@ class Meter:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self._record(operation, status, time.perf_counter() - start)
+            self.tally.add(operation, status, time.perf_counter() - start)
+            if not self._flushing:
+                self._flushing = True
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
 
-    def _record(self, operation: str, status: int, seconds: float) -> None:
-        children = self._children.get((operation, status))
-        if children is None:
-            children = (
-                metrics.API_REQUESTS.labels(operation, str(status)),
-                metrics.API_LATENCY.labels(operation),
-            )
-            self._children[(operation, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+    def _flush(self) -> None:
+        # On the event loop, like every add: no lock. It stops once a second passes idle.
+        self._flushing = self.tally.flush()
+        if self._flushing:
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
 
     async def _expose(self, method: str, send: Send) -> None:
+        self.tally.flush()  # this process's counts are exact; other workers' at most 1 s late
         # The store's counts may be a network round trip: off the event loop.
         body = await anyio.to_thread.run_sync(metrics.exposition, self.extra)
         headers = [

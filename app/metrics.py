@@ -13,6 +13,7 @@ worker and the watcher are single processes and serve their own port (:func:`ser
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -106,6 +107,47 @@ EVICTIONS = Counter(
     "LocalQueue and Kueue's reason.",
     ["queue", "reason"],
 )
+
+
+class RequestTally:
+    """API request counts and latencies, gathered in plain Python and added to
+    ``kueue_tes_api_requests_total`` and ``kueue_tes_api_request_duration_seconds`` in batches
+    (:meth:`flush`): in multiprocess mode each write to a metric is a write to a shared file,
+    about a microsecond, and a request would otherwise make three (docs/performance.md).
+
+    Not thread-safe: one event loop adds and flushes.
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._bounds = [float(bound) for bound in LATENCY_BUCKETS]
+        self._counts: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, list[float]] = {}  # per bucket (+Inf last), then the sum
+
+    def add(self, operation: str, status: int, seconds: float) -> None:
+        """Count one request."""
+        key = (operation, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        row = self._latency.get(operation)
+        if row is None:
+            row = self._latency[operation] = [0.0] * (len(self._bounds) + 2)
+        row[bisect.bisect_left(self._bounds, seconds)] += 1  # the first bound >= seconds
+        row[-1] += seconds
+
+    def flush(self) -> bool:
+        """Add what was counted since the last flush to the metrics; False if nothing was."""
+        counts, self._counts = self._counts, {}
+        latency, self._latency = self._latency, {}
+        for (operation, status), n in counts.items():
+            API_REQUESTS.labels(operation, str(status)).inc(n)
+        for operation, row in latency.items():
+            child = API_LATENCY.labels(operation)
+            # A batch of observations: prometheus_client has no public call for one.
+            for bucket, seen in zip(child._buckets, row[:-1], strict=True):
+                if seen:
+                    bucket.inc(seen)
+            child._sum.inc(row[-1])
+        return bool(counts)
 
 
 def eviction_reason(reason: str | None) -> str:

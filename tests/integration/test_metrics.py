@@ -224,6 +224,11 @@ def test_api_metrics_add_up_across_gunicorn_workers(tmp_path: Path, redis_db: st
         # Fresh connections, so that gunicorn hands them to both workers.
         for _ in range(40):
             assert server.call("GET", f"/tasks/{task_id}")[0] == 200
+        # Each worker adds its counts to the shared files within a second (app/meter.py).
+        deadline = time.monotonic() + 30
+        while value(scrape(base), "kueue_tes_api_requests_total", operation="GetTask") < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         pids = {p.name.split("_")[-1] for p in directories[0].glob("*.db")}
         scraped = [scrape(base) for _ in range(8)]
         for samples in scraped:
