@@ -48,10 +48,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         lambda args, gen: auth.owner_listing(args.workers),
     ),
     "metrics": (
-        "Metrics through gunicorn: GetTask MINIMAL with KUEUE_TES_METRICS on against off (best "
-        "of the rounds), and one scrape of /metrics over the seeded tasks against GetTask",
+        "Metrics: GetTask MINIMAL with KUEUE_TES_METRICS on against off through gunicorn (ABBA "
+        "rounds) and in process, and one scrape of /metrics over the seeded tasks",
         lambda args, gen: (
-            metrics.gettask(gen, args.workers, args.rounds) + metrics.scrape(args.workers)
+            metrics.gettask(gen, args.workers, args.rounds)
+            + metrics.in_process()
+            + metrics.scrape(args.workers)
         ),
     ),
     "runtime": (
