@@ -152,7 +152,7 @@ def api(settings: Settings) -> None:
         )
     _check_security(settings, "api")  # before gunicorn, whose workers would fail one by one
     # Every worker counts into one fresh directory that a scrape of any worker sums; it must be
-    # set before prometheus_client is first imported (by app.main, below).
+    # set before any metric value is made (in the workers), and prometheus_client must use it.
     shared = tempfile.mkdtemp(prefix="kueue-tes-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
     from prometheus_client import values

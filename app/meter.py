@@ -82,7 +82,7 @@ class Meter:
         self.extra = CollectorRegistry(auto_describe=False)
         self.extra.register(metrics.TaskCounts(services.store.counts))
         self.tally = metrics.RequestTally()
-        self._flushing = False
+        self._flushing: asyncio.AbstractEventLoop | None = None  # where a flush is due
         # Clients poll the same few paths over and over: remember their names (bounded).
         self._names: dict[tuple[str, str], str] = {}
 
@@ -114,15 +114,17 @@ class Meter:
             await self.app(scope, receive, sending)
         finally:
             self.tally.add(operation, status, time.perf_counter() - start)
-            if not self._flushing:
-                self._flushing = True
-                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+            loop = asyncio.get_running_loop()
+            if self._flushing is not loop:
+                self._flushing = loop
+                loop.call_later(FLUSH_SECONDS, self._flush)
 
     def _flush(self) -> None:
         # On the event loop, like every add: no lock. It stops once a second passes idle.
-        self._flushing = self.tally.flush()
-        if self._flushing:
+        if self.tally.flush():
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+        else:
+            self._flushing = None
 
     async def _expose(self, method: str, send: Send) -> None:
         self.tally.flush()  # this process's counts are exact; other workers' at most 1 s late
