@@ -122,31 +122,34 @@ class RequestTally:
         """Start empty."""
         self._bounds = [float(bound) for bound in LATENCY_BUCKETS]
         self._counts: dict[tuple[str, int], int] = {}
-        self._latency: dict[str, list[float]] = {}  # per bucket (+Inf last), then the sum
+        self._seconds: dict[str, list[float]] = {}
 
     def add(self, operation: str, status: int, seconds: float) -> None:
         """Count one request."""
         key = (operation, status)
         self._counts[key] = self._counts.get(key, 0) + 1
-        row = self._latency.get(operation)
-        if row is None:
-            row = self._latency[operation] = [0.0] * (len(self._bounds) + 2)
-        row[bisect.bisect_left(self._bounds, seconds)] += 1  # the first bound >= seconds
-        row[-1] += seconds
+        seen = self._seconds.get(operation)
+        if seen is None:
+            self._seconds[operation] = [seconds]
+        else:
+            seen.append(seconds)
 
     def flush(self) -> bool:
         """Add what was counted since the last flush to the metrics; False if nothing was."""
         counts, self._counts = self._counts, {}
-        latency, self._latency = self._latency, {}
+        latencies, self._seconds = self._seconds, {}
         for (operation, status), n in counts.items():
             API_REQUESTS.labels(operation, str(status)).inc(n)
-        for operation, row in latency.items():
+        for operation, seconds in latencies.items():
+            per_bucket = [0] * (len(self._bounds) + 1)  # +Inf last
+            for each in seconds:
+                per_bucket[bisect.bisect_left(self._bounds, each)] += 1  # first bound >= it
             child = API_LATENCY.labels(operation)
             # A batch of observations: prometheus_client has no public call for one.
-            for bucket, seen in zip(child._buckets, row[:-1], strict=True):
+            for bucket, seen in zip(child._buckets, per_bucket, strict=True):
                 if seen:
                     bucket.inc(seen)
-            child._sum.inc(row[-1])
+            child._sum.inc(sum(seconds))
         return bool(counts)
 
 

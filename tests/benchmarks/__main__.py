@@ -51,9 +51,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "Metrics: GetTask MINIMAL with KUEUE_TES_METRICS on against off through gunicorn (ABBA "
         "rounds) and in process, and one scrape of /metrics over the seeded tasks",
         lambda args, gen: (
-            metrics.gettask(gen, args.workers, args.rounds)
-            + metrics.in_process()
-            + metrics.scrape(args.workers)
+            metrics.gettask(gen, args.rounds) + metrics.in_process() + metrics.scrape(args.workers)
         ),
     ),
     "runtime": (
