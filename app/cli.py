@@ -151,9 +151,10 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def api(settings: Settings) -> None:
     """Run the API under gunicorn with uvicorn workers (production)."""
-    from gunicorn.app.base import BaseApplication
+    import shutil
+    import tempfile
 
-    from app.main import create_app
+    from gunicorn.app.base import BaseApplication
 
     if not settings.redis_url:
         sys.exit(
@@ -161,6 +162,15 @@ def api(settings: Settings) -> None:
             "`kueue-tes serve` runs everything in one process without it"
         )
     _check_security(settings, "api")  # before gunicorn, whose workers would fail one by one
+    # Every worker counts into one fresh directory that a scrape of any worker sums; it must be
+    # set before any metric value is made (in the workers), and prometheus_client must use it.
+    shared = tempfile.mkdtemp(prefix="kueue-tes-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    from app import metrics
+    from app.main import create_app
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -168,11 +178,23 @@ def api(settings: Settings) -> None:
             self.cfg.set("workers", settings.workers)
             self.cfg.set("worker_class", "uvicorn.workers.UvicornWorker")
             self.cfg.set("accesslog", None)
+            self.cfg.set("child_exit", lambda _server, worker: metrics.mark_dead(worker.pid))
 
         def load(self) -> Any:
             return create_app(settings)
 
-    _Gunicorn().run()
+    try:
+        _Gunicorn().run()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _metrics_port(settings: Settings) -> None:
+    """Serve the worker's or watcher's /metrics on KUEUE_TES_METRICS_PORT (0: not at all)."""
+    if settings.metrics and settings.metrics_port:
+        from app import metrics
+
+        metrics.serve(settings.host, settings.metrics_port)
 
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -205,6 +227,7 @@ def worker(settings: Settings, burst: bool = False) -> None:
     if not settings.redis_url:
         sys.exit("kueue-tes worker: set KUEUE_TES_REDIS_URL to the queue the API enqueues on")
     cluster = _kubernetes(settings, "worker")
+    _metrics_port(settings)
     context.install(
         context.Context(settings=settings, store=store.open_store(settings), cluster=cluster)
     )
@@ -236,6 +259,7 @@ def watch(settings: Settings) -> None:
     task_store = store.open_store(settings)
     task_queue = queue.TaskQueue(settings, queue.connect(settings))
     watcher = _watcher(settings, task_store, cluster, task_queue)
+    _metrics_port(settings)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     log.info("kueue-tes watch: %s stands for Lease %s", identity, settings.lease_name)
     elector.start()

@@ -17,8 +17,9 @@ from connexion.resolver import Resolver
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from starlette.types import Scope
 
-from app import auth, frontdoor, problems, queue, routing, services, store
+from app import auth, frontdoor, meter, problems, queue, routing, services, store
 from app.api import tasks
+from app.dashboard.server import Dashboard
 from app.settings import Settings
 from app.store.base import StoreError, TaskStore
 
@@ -148,6 +149,12 @@ def create_app(
     app.add_middleware(
         frontdoor.FrontDoor, position=MiddlewarePosition.BEFORE_SWAGGER, services=svc
     )
+    # Behind the front door, so behind its authentication.
+    app.add_middleware(Dashboard, position=MiddlewarePosition.BEFORE_SWAGGER, services=svc)
+    if settings.metrics:  # outermost but for the server-error layer: it sees every answer
+        operations = meter.Operations.from_spec(SPEC_DIR / SPEC_FILE, BASE_PATHS)
+        position = MiddlewarePosition.BEFORE_EXCEPTION
+        app.add_middleware(meter.Meter, position=position, services=svc, operations=operations)
     app.add_error_handler(StoreError, _store_unavailable)
     app.app.json.sort_keys = False
     app.app.extensions[services.EXTENSION] = svc

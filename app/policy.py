@@ -267,6 +267,15 @@ def _stored_count(params: Mapping[str, Any], key: str) -> int | None:
     return count
 
 
+def local_queue(resources: Mapping[str, Any] | None, settings: Settings) -> str:
+    """Return the LocalQueue of a checked task: the preemptible queue, the one it names (or its
+    route put there), else the default."""
+    resources = resources or {}
+    params: Mapping[str, Any] = resources.get("backend_parameters") or {}
+    spot = settings.preemptible_queue if resources.get("preemptible") else None
+    return str(spot or params.get("queue") or settings.default_queue)
+
+
 def placement(resources: Mapping[str, Any] | None, settings: Settings) -> Placement:
     """Return what a stored (already checked) task asks of Kueue under the current settings.
 
@@ -289,9 +298,8 @@ def placement(resources: Mapping[str, Any] | None, settings: Settings) -> Placem
     cap = settings.max_run_seconds
     if cap is not None:
         max_run = min(max_run or cap, cap)
-    spot = settings.preemptible_queue if preemptible else None
     return Placement(
-        queue=spot or params.get("queue") or settings.default_queue,
+        queue=local_queue(resources, settings),
         priority_class=priority_class,
         gpus=gpus,
         gpu_resource=gpu_resource,

@@ -450,6 +450,10 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     log_level: str = Field(default="INFO", description="Log level of every process.")
+    metrics: bool = Field(default=True, description="Count requests and serve GET /metrics.")
+    metrics_port: int = Field(
+        default=9090, description="Port of the worker's and watcher's /metrics; 0: none."
+    )
 
     def store_path(self) -> Path:
         """Return the SQLite file the embedded store uses."""

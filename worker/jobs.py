@@ -13,8 +13,14 @@ from typing import Any
 
 from app.models import State
 from app.store.base import TaskStore
-from worker import admission, context, jobspec, states
-from worker.cluster.base import QUEUE_NAME, Cluster, PermanentError, PriorityClasses
+from worker import admission, context, jobspec, observer, states
+from worker.cluster.base import (
+    QUEUE_NAME,
+    Cluster,
+    PermanentError,
+    PriorityClasses,
+    TransientError,
+)
 from worker.watcher import now
 
 log = logging.getLogger(__name__)
@@ -84,10 +90,12 @@ def _submit(task_id: str) -> str:
         configmap = jobspec.build_configmap(record.doc, ctx.settings)
         job = jobspec.build_job(record.doc, ctx.settings, os.environ)
     except ValueError as exc:
+        observer.submission_failed("invalid_task")
         return _fail(ctx.store, task_id, f"the task cannot be turned into a pod: {exc}")
     queue = job["metadata"]["labels"][QUEUE_NAME]
     missing = _missing_class(ctx.cluster, task_id, job, record.doc)
     if missing is not None:
+        observer.submission_failed("invalid_task")
         return _fail(ctx.store, task_id, missing)
     if not record.doc.get("logs"):
         ctx.store.append_attempt(
@@ -97,7 +105,12 @@ def _submit(task_id: str) -> str:
     try:
         ctx.cluster.submit(task_id, configmap, job)
     except PermanentError as exc:
+        observer.submission_failed("refused")
         return _fail(ctx.store, task_id, f"the cluster refused the task's Job: {exc}")
+    except TransientError:
+        observer.submission_failed("transient")
+        raise  # RQ retries
+    observer.submitted(queue)
     log.info(
         "task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue
     )

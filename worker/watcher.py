@@ -27,6 +27,7 @@ from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
 from worker import pods, states
 from worker.cluster.base import Cluster, ClusterError, Observation
+from worker.observer import Observer
 from worker.progress import Progress
 from worker.report import Report, read_report
 
@@ -81,9 +82,11 @@ class Watcher:
         clock: Callable[[], float] = time.time,
         progress_seconds: float = 5.0,
         running_progress_seconds: float = 60.0,
+        observer: Observer | None = None,
     ) -> None:
         """Watch ``cluster`` for ``store``; ``resubmit`` and ``recancel`` re-enqueue lost work."""
         self.store, self.cluster = store, cluster
+        self.observer = observer or Observer()
         self.resubmit, self.recancel = resubmit, recancel
         self.grace_seconds = grace_seconds
         self.image_pull_grace = image_pull_grace_seconds
@@ -114,6 +117,7 @@ class Watcher:
             self.reconcile(obs.task_id, current)
         except ClusterError as exc:
             log.warning("task %s: cluster error while reconciling: %s", obs.task_id, exc)
+        self.observer.applied()
 
     def _forget(self, task_id: str) -> None:
         self.progress.forget(task_id)
@@ -182,6 +186,7 @@ class Watcher:
             changes: Json = {"end_time": now(), "metadata": {**meta, "evicted": "PodReplaced"}}
             changes["system_logs"] = states.merge_logs(attempt.get("system_logs") or [], [replaced])
             self.store.update_attempt(record.id, index, changes)
+            self.observer.evicted(record, "PodReplaced")
         elif not meta.get("evicted"):
             return record, index  # ended by a finish that did not get to move the task
         elif decision.state not in _ACTIVE and not (decision.finished and pod):
@@ -208,6 +213,7 @@ class Watcher:
             changes["logs"] = decision.executor_logs
         if changes:
             self.store.update_attempt(record.id, index, changes)
+        self.observer.admitted(record, index, changes.get("start_time"))
         target = decision.state
         if target is not None and target is not record.state:
             if target is State.RUNNING and record.state is State.QUEUED:
@@ -246,6 +252,7 @@ class Watcher:
             self.store.update_attempt(record.id, index, changes)
         if self.store.transition(record.id, final):
             log.info("task %s: %s", record.id, final.value)
+            self.observer.finished(record, {**attempt, **changes}, final)
         if final is not State.CANCELED:
             self._delete(record.id)
 
@@ -282,6 +289,7 @@ class Watcher:
             if logs := self._executor_logs(record.id, report, from_pod, pod):
                 changes["logs"] = logs
             decision.system_logs[:0] = report.system_logs
+            self.observer.evicted(record, evicted.get("reason"))
         merged = states.merge_logs(attempt.get("system_logs") or [], decision.system_logs)
         if merged is not None:
             changes["system_logs"] = merged
@@ -399,6 +407,7 @@ class Watcher:
                         break
                     self.apply(obs)
                 self.read_progress()
+                self.observer.applied()  # nothing more pending: the watcher is current
             except Exception as exc:
                 # One bad observation must not stop the watcher; the next resync repairs. A
                 # cluster error is expected now and then: no traceback for it.

@@ -13,7 +13,7 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from pydantic import ValidationError
 
-from app import auth, ids, problems, services, validation, views
+from app import auth, ids, policy, problems, services, validation, views
 from app.models import State, TaskIn, View
 from app.queue import QueueError
 from app.store.base import TaskFilter, TaskRecord
@@ -94,7 +94,8 @@ def new_task(
     task_id = ids.new_id()
     doc = task.model_dump(mode="json", exclude_none=True)
     doc.update(id=task_id, state=State.QUEUED.value, creation_time=now_rfc3339())
-    return TaskRecord(id=task_id, state=State.QUEUED, owner=principal.name, doc=doc, notes=notes)
+    queue = policy.local_queue(doc.get("resources"), svc.settings)  # as the worker labels it
+    return TaskRecord(task_id, State.QUEUED, principal.name, doc, notes, queue)
 
 
 def created(record: TaskRecord, principal: auth.Principal) -> None:
@@ -202,12 +203,16 @@ def list_page(
 
 def cancel_task(id: str) -> Json | ConnexionResponse:
     """Move an active task to CANCELING and enqueue the cancel; terminal tasks are left as is."""
-    svc = services.current()
-    principal = auth.current()
+    done = cancel(services.current(), auth.current(), id)
+    return problems.not_found(id) if done is None else done
+
+
+def cancel(svc: services.Services, principal: auth.Principal, id: str) -> Json | None:
+    """CancelTask for ``principal`` (also the dashboard's): ``{}``, or None for a 404."""
     # Another owner's task is 404 like an unknown id, so ids do not leak.
     record = svc.store.get(id, owner=principal.owner_filter())
     if record is None:
-        return problems.not_found(id)
+        return None
     if svc.store.transition(id, State.CANCELING, expect=_CANCELABLE):
         log.info("task %s: CANCELING (asked by %s)", id, principal.name)
     try:

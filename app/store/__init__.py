@@ -12,7 +12,9 @@ def open_store(settings: Settings) -> TaskStore:
     if settings.mongo_uri:
         from app.store.mongo import MongoStore
 
-        return MongoStore.from_uri(settings.mongo_uri, settings.mongo_database)
+        return MongoStore.from_uri(
+            settings.mongo_uri, settings.mongo_database, settings.default_queue
+        )
     from app.store.sqlite import SqliteStore
 
-    return SqliteStore(settings.store_path())
+    return SqliteStore(settings.store_path(), default_queue=settings.default_queue)

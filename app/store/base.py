@@ -45,7 +45,9 @@ class TaskRecord:
     ``creation_time``, ``logs`` included; ``logs`` absent until the first attempt).
     ``owner`` and ``notes`` are ours and never leave the server: ``notes`` are system logs
     found before any attempt exists (e.g. a dropped backend parameter); the store prepends
-    them to the first attempt's ``system_logs``.
+    them to the first attempt's ``system_logs``. So are ``queue``, the task's LocalQueue (the
+    store derives it on create when it is empty: :func:`queue_of`), and ``since``, when the
+    task entered its state (epoch seconds, set by the store); a minimal listing leaves both out.
     """
 
     id: str
@@ -53,6 +55,28 @@ class TaskRecord:
     owner: str
     doc: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    queue: str = ""
+    since: float | None = None
+
+
+def queue_of(doc: dict[str, Any], default: str) -> str:
+    """Return the LocalQueue of a task doc that came without one: the one it names (or its
+    route put there), else ``default``. New tasks carry the queue the worker will label their
+    Job with (app.policy.local_queue, which also knows the preemptible queue); this is for
+    tasks stored by an earlier release, and for records made without it."""
+    params = (doc.get("resources") or {}).get("backend_parameters") or {}
+    return str(params.get("queue") or default)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One LocalQueue at a glance: tasks per state, tasks that ended after a given time, and
+    the task that has waited (QUEUED) longest, if any."""
+
+    queue: str
+    states: dict[State, int]
+    finished: int
+    oldest: TaskRecord | None
 
 
 @dataclass(frozen=True)
@@ -146,6 +170,15 @@ class TaskStore(Protocol):
 
     def ids_in_states(self, states: Iterable[State], limit: int = 1000) -> builtins.list[str]:
         """Return ids of tasks in any of ``states``, oldest first (the watcher's sweeps)."""
+        ...
+
+    def counts(self) -> dict[tuple[str, State], int]:
+        """Return how many tasks each (LocalQueue, state) holds, without reading every task."""
+        ...
+
+    def queues(self, finished_after: float) -> builtins.list[QueueStats]:
+        """Return every LocalQueue's :class:`QueueStats`; ``finished`` counts the tasks that
+        reached a terminal state at or after ``finished_after`` (epoch seconds)."""
         ...
 
     def close(self) -> None:

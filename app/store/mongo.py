@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,8 +15,10 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from app import views
 from app.models import State, View
+from app.store import mongo_queues
 from app.store.base import (
     Page,
+    QueueStats,
     RenderedPage,
     StoreError,
     TaskFilter,
@@ -23,6 +26,7 @@ from app.store.base import (
     add_attempt,
     allowed_from,
     change_attempt,
+    queue_of,
 )
 
 _ASC, _DESC = pymongo.ASCENDING, pymongo.DESCENDING
@@ -39,9 +43,10 @@ _INDEXES: list[list[tuple[str, int]]] = [
     [("tag_kv.k", _ASC), ("tag_kv.v", _ASC), ("_id", _DESC)],
     [("owner", _ASC), ("tag_kv.k", _ASC), ("_id", _DESC)],
     [("owner", _ASC), ("tag_kv.k", _ASC), ("tag_kv.v", _ASC), ("_id", _DESC)],
+    mongo_queues.BY_QUEUE,
 ]
 
-_FULL = {"state": 1, "owner": 1, "notes": 1, "doc": 1}
+_FULL = {"state": 1, "owner": 1, "notes": 1, "doc": 1, "queue": 1, "since": 1}
 _MINIMAL = {"state": 1}
 #: What a rendered read needs: the stored view, and the doc only where there is none.
 _VIEWS = {
@@ -71,16 +76,23 @@ class MongoStore:
     """TaskStore on one MongoDB collection, ``tasks``, with ``_id`` the task id."""
 
     def __init__(
-        self, client: pymongo.MongoClient[dict[str, Any]], database: str, *, owns: bool = False
+        self,
+        client: pymongo.MongoClient[dict[str, Any]],
+        database: str,
+        *,
+        owns: bool = False,
+        default_queue: str = "",
     ) -> None:
         """Use ``database`` through ``client``; ``owns`` makes close() close the client too."""
         self._client = client
-        self._owns = owns
+        self._owns, self._queue = owns, default_queue
         self._tasks: Collection[dict[str, Any]] = client[database]["tasks"]
         self.ensure_indexes()
+        with _translated("cannot add queues to the stored tasks"):
+            mongo_queues.migrate(self._tasks, default_queue)
 
     @classmethod
-    def from_uri(cls, uri: str, database: str) -> MongoStore:
+    def from_uri(cls, uri: str, database: str, default_queue: str = "") -> MongoStore:
         """Connect to the server at ``uri`` and use ``database``."""
         try:
             client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
@@ -90,7 +102,7 @@ class MongoStore:
             # Never echo the URI: it may carry a password.
             raise StoreError(f"KUEUE_TES_MONGO_URI is not usable: {exc}") from exc
         try:
-            return cls(client, database, owns=True)
+            return cls(client, database, owns=True, default_queue=default_queue)
         except StoreError:
             client.close()
             raise
@@ -114,7 +126,8 @@ class MongoStore:
         what = f"cannot create task {records[0].id}" if len(records) == 1 else "cannot create tasks"
         try:
             with _translated(what):
-                self._tasks.insert_many([_stored(record) for record in records], ordered=False)
+                stored = [_stored(record, self._queue) for record in records]
+                self._tasks.insert_many(stored, ordered=False)
         except StoreError as exc:
             if not isinstance(exc.__cause__, BulkWriteError):
                 return [exc] * len(records)
@@ -221,7 +234,8 @@ class MongoStore:
             return False
         with _translated(f"cannot move task {task_id} to {to.value}"):
             result = self._tasks.update_one(
-                {"_id": task_id, "state": {"$in": allowed}}, {"$set": {"state": to.value}}
+                {"_id": task_id, "state": {"$in": allowed}},
+                {"$set": {"state": to.value, "since": time.time()}},
             )
         return result.modified_count == 1
 
@@ -304,6 +318,16 @@ class MongoStore:
             cursor = self._tasks.find({"state": {"$in": values}}, {"_id": 1})
             return [str(d["_id"]) for d in cursor.sort("_id", _ASC).limit(limit)]
 
+    def counts(self) -> dict[tuple[str, State], int]:
+        """Return how many tasks each (LocalQueue, state) holds, from one index."""
+        with _translated("cannot count tasks"):
+            return mongo_queues.counts(self._tasks)
+
+    def queues(self, finished_after: float) -> builtins.list[QueueStats]:
+        """Return every LocalQueue's counts, recent ends and longest wait, from one index."""
+        with _translated("cannot summarise the queues"):
+            return mongo_queues.queues(self._tasks, finished_after, _FULL, _record)
+
     def close(self) -> None:
         """Close the client if this store opened it."""
         if self._owns:
@@ -331,7 +355,7 @@ def _query(flt: TaskFilter, before: str | None) -> dict[str, Any]:
     return query
 
 
-def _stored(record: TaskRecord) -> dict[str, Any]:
+def _stored(record: TaskRecord, default_queue: str) -> dict[str, Any]:
     """Return the MongoDB document of a new task."""
     doc = {key: value for key, value in record.doc.items() if key != "state"}
     tags: dict[str, Any] = doc.get("tags") or {}
@@ -341,6 +365,8 @@ def _stored(record: TaskRecord) -> dict[str, Any]:
         "state": State(record.state).value,
         "owner": record.owner,
         "name": doc.get("name"),
+        "queue": record.queue or queue_of(doc, default_queue),
+        "since": time.time(),
         "tag_kv": [{"k": key, "v": str(value)} for key, value in tags.items()],
         "notes": list(record.notes),
         "rev": 0,  # every rewrite of doc checks and bumps it (_rewrite)
@@ -359,4 +385,6 @@ def _record(found: dict[str, Any]) -> TaskRecord:
         owner=str(found.get("owner", "")),
         doc=doc,
         notes=list(found.get("notes") or []),
+        queue=str(found.get("queue") or ""),
+        since=found.get("since"),
     )

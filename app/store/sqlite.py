@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Any
 
 from app import views
 from app.models import State, View
-from app.store import sqlite_plan, sqlite_wal
+from app.store import sqlite_plan, sqlite_queues, sqlite_wal
 from app.store.base import (
     Page,
     RenderedPage,
@@ -26,6 +27,7 @@ from app.store.base import (
     add_attempt,
     allowed_from,
     change_attempt,
+    queue_of,
 )
 
 # `doc` is the last column: a large doc spills into overflow pages, and columns stored after
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,
     owner TEXT NOT NULL,
     name TEXT,
+    queue TEXT, since REAL,
     notes TEXT NOT NULL DEFAULT '[]',
     basic_view TEXT,
     doc TEXT NOT NULL,
@@ -58,8 +61,8 @@ COMMIT;
 """
 
 _INSERT = (
-    "INSERT INTO tasks (id, state, owner, name, notes, doc, basic_view, full_view)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO tasks (id, state, owner, name, queue, since, notes, doc, basic_view, full_view)"
+    f" VALUES ({', '.join('?' * 10)})"
 )
 _UPDATE = "UPDATE tasks SET doc = ?, notes = ?, basic_view = ?, full_view = ? WHERE id = ?"
 #: Tasks stored by a release without stored views (their columns were added by _migrate).
@@ -70,6 +73,9 @@ _VIEW_COLUMNS = {
     View.BASIC: "t.id, t.state, t.basic_view, CASE WHEN t.basic_view IS NULL THEN t.doc END",
     View.FULL: "t.id, t.state, t.full_view, CASE WHEN t.full_view IS NULL THEN t.doc END",
 }
+#: The columns of a whole record (sqlite_queues.record reads them).
+_RECORD_COLUMNS = ", ".join(f"t.{column}" for column in sqlite_queues.COLUMNS)
+_record = sqlite_queues.record
 _TAG = "INSERT INTO tags (task_id, key, value) VALUES (?, ?, ?)"
 
 _STATES = {state.value: state for state in State}
@@ -97,12 +103,12 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore:
+class SqliteStore(sqlite_queues.QueueQueries):
     """TaskStore on one SQLite file: one connection per thread, WAL so readers never block."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 30_000, default_queue: str = "") -> None:
         """Open (and create, with its parent directories) the store file at ``path``."""
-        self._path = Path(path)
+        self._path, self._queue = Path(path), default_queue
         self._busy_ms = int(busy_timeout_ms)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -122,6 +128,7 @@ class SqliteStore:
                 raise StoreError(why)
             db.executescript(_SCHEMA)
             _migrate(db)
+            sqlite_queues.migrate(db, default_queue)
 
     def _db(self) -> sqlite3.Connection:
         if self._closed:
@@ -180,9 +187,9 @@ class SqliteStore:
             doc = {key: value for key, value in record.doc.items() if key != "state"}
             basic, full = views.fragments(doc)
             state, name, notes = State(record.state).value, doc.get("name"), list(record.notes)
-            rows.append(
-                (record.id, state, record.owner, name, _dumps(notes), _dumps(doc), basic, full)
-            )
+            queue = record.queue or queue_of(doc, self._queue)
+            row = (record.id, state, record.owner, name, queue, time.time())
+            rows.append((*row, _dumps(notes), _dumps(doc), basic, full))
             tags.extend(
                 (record.id, key, str(value)) for key, value in (doc.get("tags") or {}).items()
             )
@@ -200,7 +207,7 @@ class SqliteStore:
 
     def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         """Return the task, or None if absent or (when ``owner`` is given) someone else's."""
-        sql = "SELECT id, state, owner, notes, doc FROM tasks WHERE id = ?"
+        sql = f"SELECT {', '.join(sqlite_queues.COLUMNS)} FROM tasks WHERE id = ?"
         with _translated(f"cannot read task {task_id}"):
             row = self._db().execute(sql, (task_id,)).fetchone()
         if row is None or (owner is not None and row[2] != owner):
@@ -228,7 +235,7 @@ class SqliteStore:
         With ``minimal`` the records' ``doc`` holds only ``id`` and ``state``, and their
         ``owner`` is the filter's owner (or "") because the hot path reads no more columns.
         """
-        cols = _VIEW_COLUMNS[View.MINIMAL] if minimal else "t.id, t.state, t.owner, t.notes, t.doc"
+        cols = _VIEW_COLUMNS[View.MINIMAL] if minimal else _RECORD_COLUMNS
         rows, more = self._rows(flt, page_size, before, cols)
         if not minimal:
             return Page(records=[_record(row) for row in rows], more=more)
@@ -273,9 +280,10 @@ class SqliteStore:
         if not allowed:
             return False
         marks = ", ".join("?" * len(allowed))
-        sql = f"UPDATE tasks SET state = ? WHERE id = ? AND state IN ({marks})"
+        sql = f"UPDATE tasks SET state = ?, since = ? WHERE id = ? AND state IN ({marks})"
         with _translated(f"cannot move task {task_id} to {to.value}"), self._writers.turn():
-            return self._db().execute(sql, (to.value, task_id, *allowed)).rowcount == 1
+            values = (to.value, time.time(), task_id, *allowed)
+            return self._db().execute(sql, values).rowcount == 1
 
     def append_attempt(self, task_id: str, tasklog: dict[str, Any]) -> int:
         """Append one TES TaskLog (notes first in its system_logs); return its index."""
@@ -369,12 +377,3 @@ def _rendered(row: tuple[Any, ...], view: View) -> str:
         doc = json.loads(row[3])
         fragment = views.fragments(doc)[0 if view is View.BASIC else 1]
     return views.task_json(row[0], row[1], fragment)
-
-
-def _record(row: tuple[Any, ...]) -> TaskRecord:
-    task_id, state, owner, notes, doc = row
-    full: dict[str, Any] = {"id": task_id, "state": state}
-    full.update(json.loads(doc))
-    return TaskRecord(
-        id=task_id, state=_STATES[state], owner=owner, doc=full, notes=json.loads(notes)
-    )

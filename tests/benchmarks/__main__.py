@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from app.settings import Settings
-from tests.benchmarks import api, auth, hotpaths, images, runtime, submit, watcher
+from tests.benchmarks import api, auth, hotpaths, images, metrics, runtime, submit, watcher
 from tests.benchmarks.harness import (
     LoadGenerator,
     PythonLoad,
@@ -46,6 +46,13 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace, LoadGenerator], l
         "page: as the owner of the rest (owner filter) against an admin (none); medians of "
         "sequential requests, OIDC on; [n] = tasks on the page",
         lambda args, gen: auth.owner_listing(args.workers),
+    ),
+    "metrics": (
+        "Metrics: GetTask MINIMAL with KUEUE_TES_METRICS on against off through gunicorn (ABBA "
+        "rounds) and in process, and one scrape of /metrics over the seeded tasks",
+        lambda args, gen: (
+            metrics.gettask(gen, args.rounds) + metrics.in_process() + metrics.scrape(args.workers)
+        ),
     ),
     "runtime": (
         f"Local runtime through `kueue-tes serve` and its HTTP API: {runtime.EXECUTORS} executors "
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             if each not in names:
                 names.append(each)
     gen = load_generator(args.connections, args.duration, args.warmup)
-    loaded = bool({"throughput", "auth", "create"} & set(names))  # those using the generator
+    loaded = bool({"throughput", "auth", "create", "metrics"} & set(names))  # the load users
     used = f"{gen.label}, best of {args.rounds} rounds" if loaded else "none"
     print(
         f"kueue-tes benchmarks | machine: {machine()} | load generator: {used} | server: "

@@ -556,3 +556,30 @@ def test_cancel_job_logs_the_cancel_once(api: Api) -> None:
     attempt = api.get(task_id, "FULL")["logs"][0]
     assert api.get(task_id)["state"] == "CANCELED"
     assert attempt["system_logs"] == ["x", states.CANCELED_NOTE] and attempt["end_time"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_each_task_is_stored_with_the_localqueue_its_job_gets(
+    tmp_path: Path, redis_db: str, store_kind: str, content_type: str
+) -> None:
+    """The stored queue (metrics, dashboard) is the worker's: preemptible tasks go to the
+    preemptible queue, on both CreateTask routes (the front door and the spec-driven one)."""
+    settings = make_settings(tmp_path, redis_url=redis_db, preemptible_queue="tes-spot")
+    store = open_store(store_kind, tmp_path)
+    app = create_app(settings, store, queue.TaskQueue(settings, queue.connect(settings)))
+    bodies = {
+        "tes": task_body(),
+        "tes-spot": task_body(resources={"preemptible": True}),
+    }
+    with TestClient(app) as client:
+        for want, body in bodies.items():
+            response = client.post(
+                "/ga4gh/tes/v1/tasks",
+                content=json.dumps(body),
+                headers={"content-type": content_type},
+            )
+            assert response.status_code == 200, response.text
+            record = store.get(response.json()["id"])
+            assert record is not None and record.queue == want
+        assert services_of(app).intake.flush()
+    store.close()

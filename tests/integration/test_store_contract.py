@@ -607,3 +607,151 @@ def test_sqlite_checkpoints_run_off_the_commit_path(tmp_path: Path) -> None:
     assert path.stat().st_size > before  # pages copied from the WAL into the file
     sqlite_store.close()
     reader.close()
+
+
+# -- queues: each task's LocalQueue, counts per (queue, state), the queues at a glance -----------
+
+
+def test_queue_comes_from_the_task_or_the_default(tmp_path: Path) -> None:
+    stores: list[TaskStore] = [
+        SqliteStore(tmp_path / "tasks.db", default_queue="tes"),
+        MongoStore(mongomock.MongoClient(), "queues", default_queue="tes"),
+    ]
+    for each in stores:
+        plain = add(each)
+        named = record()
+        named.doc["resources"] = {"backend_parameters": {"queue": "team-a"}}
+        each.create(named)
+        explicit = record()
+        explicit.queue = "chosen"
+        each.create(explicit)
+        got = {i: each.get(i) for i in (plain, named.id, explicit.id)}
+        assert {i: r.queue for i, r in got.items() if r} == {
+            plain: "tes",
+            named.id: "team-a",
+            explicit.id: "chosen",
+        }
+        # The queue is ours: it never enters the TES document.
+        assert all("queue" not in r.doc for r in got.values() if r)
+        each.close()
+
+
+def test_counts_follow_creates_and_transitions(store: TaskStore) -> None:
+    assert store.counts() == {}
+    one, two = add(store), add(store)
+    named = record()
+    named.doc["resources"] = {"backend_parameters": {"queue": "gpu"}}
+    store.create(named)
+    assert store.counts() == {("", State.QUEUED): 2, ("gpu", State.QUEUED): 1}
+    assert store.transition(one, State.RUNNING)
+    assert store.transition(two, State.CANCELING)
+    assert not store.transition(two, State.RUNNING)  # refused: nothing moves
+    assert store.transition(two, State.CANCELED)
+    store.append_attempt(one, {"logs": []})  # an update of the doc alone counts nothing
+    assert store.counts() == {
+        ("", State.RUNNING): 1,
+        ("", State.CANCELED): 1,
+        ("gpu", State.QUEUED): 1,
+    }
+
+
+def test_since_is_when_the_task_entered_its_state(store: TaskStore) -> None:
+    before = time.time()
+    task_id = add(store)
+    created = store.get(task_id)
+    assert created is not None and created.since is not None
+    assert before <= created.since <= time.time()
+    time.sleep(0.01)
+    assert store.transition(task_id, State.RUNNING)
+    moved = store.get(task_id)
+    assert moved is not None and moved.since is not None and moved.since > created.since
+    [listed_record] = store.list(TaskFilter(), 5).records
+    assert listed_record.since == moved.since
+
+
+def test_queues_at_a_glance(store: TaskStore) -> None:
+    waiting = [add(store) for _ in range(3)]
+    done_early = add(store)
+    assert store.transition(done_early, State.RUNNING)
+    assert store.transition(done_early, State.COMPLETE)
+    cutoff = time.time()
+    time.sleep(0.01)
+    running, failed = add(store), add(store)
+    assert store.transition(running, State.RUNNING)
+    assert store.transition(failed, State.RUNNING) and store.transition(failed, State.SYSTEM_ERROR)
+    # The first task to wait is the one that has waited longest; one started later stays newer.
+    assert store.transition(waiting[0], State.INITIALIZING)
+    assert store.transition(waiting[0], State.QUEUED)  # evicted: waits again from now
+    [stats] = store.queues(finished_after=cutoff)
+    assert stats.queue == ""
+    assert stats.states == {
+        State.QUEUED: 3,
+        State.RUNNING: 1,
+        State.COMPLETE: 1,
+        State.SYSTEM_ERROR: 1,
+    }
+    assert stats.finished == 1  # the SYSTEM_ERROR after the cutoff, not the COMPLETE before
+    assert stats.oldest is not None and stats.oldest.id == waiting[1]
+    assert stats.oldest.doc["executors"]  # a full record, to read its reason from
+    assert store.queues(finished_after=0)[0].finished == 2
+
+
+def test_sqlite_file_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    with sqlite3.connect(path) as db:  # the schema before queues were kept
+        db.executescript(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL,"
+            " name TEXT, notes TEXT NOT NULL DEFAULT '[]', doc TEXT NOT NULL);"
+        )
+        rows = [
+            ("01a", "COMPLETE", "{}"),
+            ("01b", "QUEUED", '{"resources": {"backend_parameters": {"queue": "team-a"}}}'),
+            ("01c", "QUEUED", '{"creation_time": "2024-05-01T10:00:00.500000Z"}'),
+        ]
+        db.executemany("INSERT INTO tasks (id, state, owner, doc) VALUES (?, ?, 'alice', ?)", rows)
+    for _ in range(2):  # opening again changes nothing
+        old = SqliteStore(path, default_queue="tes")
+        assert old.counts() == {
+            ("tes", State.COMPLETE): 1,
+            ("team-a", State.QUEUED): 1,
+            ("tes", State.QUEUED): 1,
+        }
+        got = old.get("01c")
+        assert (
+            got is not None
+            and got.queue == "tes"
+            and got.since == pytest.approx(1714557600.5, abs=0.01)
+        )
+        old.close()
+    old = SqliteStore(path, default_queue="tes")
+    task_id = add(old)
+    assert old.transition("01a", State.COMPLETE) is False
+    assert old.counts()[("tes", State.QUEUED)] == 2 and old.get(task_id) is not None
+    old.close()
+
+
+def test_mongo_tasks_of_an_earlier_version_are_migrated() -> None:
+    client: Any = mongomock.MongoClient()
+    client["old"]["tasks"].insert_many(
+        [
+            {"_id": "01a", "state": "COMPLETE", "owner": "a", "notes": [], "doc": {}},
+            {
+                "_id": "01b",
+                "state": "QUEUED",
+                "owner": "a",
+                "notes": [],
+                "doc": {
+                    "resources": {"backend_parameters": {"queue": "team-a"}},
+                    "creation_time": "2024-05-01T10:00:00.500000Z",
+                },
+            },
+        ]
+    )
+    migrated = MongoStore(client, "old", default_queue="tes")
+    assert migrated.counts() == {("tes", State.COMPLETE): 1, ("team-a", State.QUEUED): 1}
+    got = migrated.get("01b")
+    assert (
+        got is not None
+        and got.queue == "team-a"
+        and got.since == pytest.approx(1714557600.5, abs=0.01)
+    )
