@@ -219,6 +219,7 @@ class Watcher:
         self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
     ) -> None:
         final = decision.state or State.SYSTEM_ERROR
+        self.progress.forget(record.id)  # ended: nothing more to read until the Job is gone
         attempt = record.doc["logs"][index]
         changes: Json = {} if attempt.get("end_time") else {"end_time": now()}
         pod, meta = _name(objects.pod), attempt.get("metadata") or {}
