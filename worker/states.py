@@ -14,7 +14,7 @@ missing WorkloadPriorityClass keeps Kueue from creating a Workload; it says so i
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -181,13 +181,18 @@ def _executors(pod: Json | None) -> list[Json]:
     return sorted(found, key=lambda s: int(n) if (n := str(s["name"])[9:]).isdigit() else 0)
 
 
-def _ran(status: Json) -> bool:
-    # Running, or ended having run: an executor skipped after a failed stage-in never ran.
+def _ran(status: Json, started: Collection[int] | None = None) -> bool:
+    # Running, or ended having run: an executor skipped after a failed stage-in never ran. In
+    # the ready layout every executor's container runs from the start, waiting for its turn:
+    # there the sequencer's report (``started``) tells which one really ran.
     state = status.get("state") or {}
     ended = state.get("terminated")
-    return "running" in state or (
-        ended is not None and not _object(ended.get("message")).get("skipped")
-    )
+    if ended is not None:
+        return not _object(ended.get("message")).get("skipped")
+    if "running" not in state:
+        return False
+    index = str(status.get("name", ""))[9:]
+    return started is None or (index.isdigit() and int(index) in started)
 
 
 def _pod_failure(pod: Json) -> str | None:
@@ -317,12 +322,13 @@ def _pod_notes(pod: Json | None, timing: Timing) -> list[str]:
     return notes
 
 
-def _image_notes(pod: Json | None) -> list[str]:
+def _image_notes(pod: Json | None, report: Report | None = None) -> list[str]:
     # kubelet's imageID is the digest the image resolved to: what the executor really ran.
+    started = (report.started if report else {}) if podlayout.ready(pod) else None
     return [
         f"{_who(str(s.get('name')))} ran {_image(pod, s)} as {s['imageID']}"
         for s in _executors(pod)
-        if s.get("imageID") and _ran(s)
+        if s.get("imageID") and _ran(s, started)
     ]
 
 
@@ -391,9 +397,9 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
         _oom(pod) or _pull_failure(pod, timing) or _pod_refused(objects, timing) or _ended(pod, job)
     )
     if failed is not None:
-        failed.system_logs[:0] = _image_notes(pod)
+        failed.system_logs[:0] = _image_notes(pod, objects.report)
         return failed
-    notes = _image_notes(pod) + _pod_notes(pod, timing)
+    notes = _image_notes(pod, objects.report) + _pod_notes(pod, timing)
     if podlayout.ready(pod):  # every container runs from the start: the report tells
         report = objects.report
         ran = report is not None and report.ran

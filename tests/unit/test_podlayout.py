@@ -221,3 +221,43 @@ def test_pods_ready_timeout_of_a_ready_layout_task() -> None:
     text = states.decide(State.INITIALIZING, Objects(job, None, evicted(job))).system_logs[0]
     assert "the task pod was not Ready within the cluster's waitForPodsReady timeout" in text
     assert "init containers" not in text
+
+
+DIGEST = "docker.io/library/ubuntu@sha256:" + "ab" * 32
+
+
+def pulled(pod: Json) -> Json:
+    """``pod`` with kubelet's imageID on every executor: all of them started at once."""
+    for status in pod["status"]["containerStatuses"]:
+        if status["name"].startswith("executor-"):
+            status["imageID"] = DIGEST
+    return pod
+
+
+def test_ready_pod_names_an_executors_image_once_the_report_says_it_ran() -> None:
+    """Every executor's container runs from the start, waiting for its turn: the line that
+    names the digest an executor ran comes with its turn, never for one that never ran."""
+    job = job_of(task(executors=2))
+    pod = pulled(ready_pod(job))
+    staging = Objects(job, pod, ADMITTED, report=read_report(report(*STAGED)))
+    assert states.decide(State.INITIALIZING, staging).system_logs == []
+    first = read_report(report(*STAGED, {"event": "running", "index": 0, "start_time": T}))
+    decision = states.decide(State.INITIALIZING, Objects(job, pod, ADMITTED, report=first))
+    assert decision.state is State.RUNNING
+    assert decision.system_logs == [f"executor 0 ran ubuntu:24.04 as {DIGEST}"]
+    failed = report(
+        {"event": "staged", "ok": False, "system_logs": ["input /x: 404"]},
+        *({"event": "executor", "index": i, "skipped": True} for i in range(2)),
+    )
+    skipped = Objects(job, pod, ADMITTED, report=read_report(failed))
+    assert states.decide(State.INITIALIZING, skipped).system_logs == []
+    # at the end, the runners' termination messages say who ran
+    ran = json.dumps({"exit_code": 0, "start": T, "end": T})
+    main = [
+        {**completed("executor-0", ran), "imageID": DIGEST},
+        {**completed("executor-1", json.dumps({"skipped": True})), "imageID": DIGEST},
+        {**completed("finish"), "state": {"terminated": {"exitCode": 1}}},
+    ]
+    done = states.decide(State.RUNNING, Objects(job, ready_pod(job, "Failed", main), ADMITTED))
+    assert done.finished and done.system_logs[0] == f"executor 0 ran ubuntu:24.04 as {DIGEST}"
+    assert not any(line.startswith("executor 1 ran") for line in done.system_logs)
