@@ -40,6 +40,7 @@ NO_WORKLOAD, POD_REFUSED = "no-workload", "pod-refused"
 _FINISH_CODES = {0: State.COMPLETE, 1: State.EXECUTOR_ERROR}
 _PULLS = PULL_RETRIED | PULL_FATAL
 _ALL = ("initContainerStatuses", "containerStatuses")
+_WAITING = (WAITING_KUEUE, WAITING_NODE, WAITING_POD, WAITING_IMAGE)
 
 #: The last line of a cancelled attempt, the same whichever process finishes the cancel.
 CANCELED_NOTE = "canceled; the task pod is gone"
@@ -410,18 +411,30 @@ def decide(state: State, objects: Objects, timing: Timing | None = None) -> Deci
     return Decision(State.INITIALIZING, notes)
 
 
+def _subject(line: str) -> str | None:
+    # What a "waiting for …" line is about: the wait, and for an image the container too.
+    prefix = next((p for p in _WAITING if line.startswith(p)), None)
+    if prefix != WAITING_IMAGE:
+        return prefix
+    return line[: line.find(": ", len(prefix)) + 1]
+
+
 def merge_logs(current: list[str], notes: list[str]) -> list[str] | None:
     """Return ``current`` with the new ``notes`` added, or None if nothing is new."""
-    # A "waiting for …" line replaces the one right before it: a wait that Kueue re-explains
-    # every few seconds stays one line that says why the task waits now.
+    # A "waiting for …" line replaces its predecessor about the same wait among the lines of
+    # that wait at the end: a wait that Kueue re-explains every few seconds stays one line that
+    # says why the task waits now; so does each container's failing image pull (several pull
+    # at once in the ready layout).
     out = list(current)
     for note in notes:
         if note in out:
             continue
-        waiting = (WAITING_KUEUE, WAITING_NODE, WAITING_POD, WAITING_IMAGE)
-        prefix = next((p for p in waiting if note.startswith(p)), None)
-        if prefix and out and out[-1].startswith(prefix):
-            out[-1] = note
+        subject, at = _subject(note), len(out)
+        prefix = next((p for p in _WAITING if note.startswith(p)), "")
+        while prefix and at and out[at - 1].startswith(prefix) and _subject(out[at - 1]) != subject:
+            at -= 1  # the image lines of other containers
+        if subject and at and _subject(out[at - 1]) == subject:
+            out[at - 1] = note
         else:
             out.append(note)
     return out if out != current else None

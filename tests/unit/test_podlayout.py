@@ -261,3 +261,62 @@ def test_ready_pod_names_an_executors_image_once_the_report_says_it_ran() -> Non
     done = states.decide(State.RUNNING, Objects(job, ready_pod(job, "Failed", main), ADMITTED))
     assert done.finished and done.system_logs[0] == f"executor 0 ran ubuntu:24.04 as {DIGEST}"
     assert not any(line.startswith("executor 1 ran") for line in done.system_logs)
+
+
+def pulling(name: str, reason: str, image: str) -> Json:
+    """kubelet: a container whose image pull fails (ErrImagePull, then ImagePullBackOff)."""
+    message = (
+        f'failed to pull and unpack image "docker.io/library/{image}": failed to resolve '
+        f'reference "docker.io/library/{image}": pull access denied, repository does not exist '
+        "or may require authorization"
+        if reason == "ErrImagePull"
+        else f'Back-off pulling image "{image}"'
+    )
+    state = {"waiting": {"reason": reason, "message": message}}
+    return {"name": name, "ready": False, "started": False, "restartCount": 0, "state": state}
+
+
+def test_two_executors_whose_images_fail_keep_a_waiting_line_each() -> None:
+    """The ready layout pulls every executor's image at once: when two pulls fail, each
+    executor's line says why its pull fails now, updated in place, neither hiding the other."""
+    doc = task(executors=2)
+    doc["executors"] = [
+        {"image": "nope:1", "command": ["true"]},
+        {"image": "gone:2", "command": ["true"]},
+    ]
+    job = job_of(doc)
+
+    def seen(reason_0: str, reason_1: str) -> Json:
+        pod = ready_pod(job, "Pending")
+        pod["status"]["conditions"][2:4] = [
+            cond(kind, "False", "ContainersNotReady", "containers with unready status: "
+                 "[executor-0 executor-1]")
+            for kind in ("Ready", "ContainersReady")
+        ]  # fmt: skip
+        pod["status"]["containerStatuses"] = [
+            pulling("executor-0", reason_0, "nope:1"),
+            pulling("executor-1", reason_1, "gone:2"),
+            running("finish"),
+        ]
+        return pod
+
+    logs = ["submitted to LocalQueue tes"]
+    rounds = [
+        ("ErrImagePull", "ErrImagePull"),
+        ("ImagePullBackOff", "ErrImagePull"),
+        ("ImagePullBackOff", "ImagePullBackOff"),
+    ]
+    for reasons in rounds:
+        decision = states.decide(State.INITIALIZING, Objects(job, seen(*reasons), ADMITTED))
+        assert decision.state is State.INITIALIZING
+        logs = states.merge_logs(logs, decision.system_logs) or logs
+        assert logs[1:] == decision.system_logs
+    assert [line.split(" (")[0] for line in logs[1:]] == [
+        "waiting for an image: executor 0: pulling nope:1 fails",
+        "waiting for an image: executor 1: pulling gone:2 fails",
+    ]
+    assert 'Back-off pulling image "gone:2"' in logs[2]
+    # a line of something else in between: the next change of a pull is a line of its own
+    again = states.decide(State.INITIALIZING, Objects(job, seen(*rounds[0]), ADMITTED))
+    later = states.merge_logs([*logs, "something else"], again.system_logs[:1])
+    assert later == [*logs, "something else", again.system_logs[0]]
