@@ -9,17 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from app.models import State
-from app.store.sqlite import SqliteStore
 from tests.integration.test_watcher import (
-    Clock,
-    RecordingStore,
-    ScriptedCluster,
     World,
     admitted,
     complete,
@@ -30,23 +22,14 @@ from tests.integration.test_watcher import (
     pod,
     running,
     stamp,
+    world,
 )
 from worker.sequencer.report import Report
 from worker.watcher import Watcher
 
+__all__ = ["world"]  # the fixture
 Json = dict[str, object]
 PROGRESS_SECONDS = 5.0
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    """A fresh store and cluster."""
-    clock = Clock()
-    store = RecordingStore(SqliteStore(tmp_path / "tasks.db"))
-    cluster = ScriptedCluster(clock)
-    cluster.store = store
-    yield World(store, cluster, clock)
-    store.close()
 
 
 def watcher(world: World, running_seconds: float = 0.0) -> Watcher:
