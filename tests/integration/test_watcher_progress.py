@@ -79,6 +79,23 @@ def sequencer_reads(world: World, task_id: str) -> int:
     return world.cluster.reads.count((task_id, "sequencer"))
 
 
+def staging(world: World, running_seconds: float = 0.0) -> tuple[str, Watcher]:
+    """A task admitted at 10 whose ready pod is Ready at 11 while stage-in runs; its watcher."""
+    task = world.task()
+    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
+    world.cluster.load(
+        [
+            observe(10, admitted(task, 10)),
+            observe(10, job(task, suspended=False)),
+            observe(11, ready_pod(task, 11)),
+        ]
+    )
+    w = watcher(world, running_seconds)
+    world.play(w)
+    assert world.moves(task) == ["INITIALIZING"] and sequencer_reads(world, task) == 1
+    return task, w
+
+
 def test_ready_pod_moves_to_running_when_the_report_says_so(world: World) -> None:
     """INITIALIZING while staging; RUNNING at the next due read; reads rate-limited."""
     task = world.task()
@@ -110,17 +127,7 @@ def test_ready_pod_moves_to_running_when_the_report_says_so(world: World) -> Non
 
 def test_a_restarted_watcher_relearns_progress_from_the_log(world: World) -> None:
     """Killed while INITIALIZING; the new watcher's resync reads the log: RUNNING at once."""
-    task = world.task()
-    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
-    world.cluster.load(
-        [
-            observe(10, admitted(task, 10)),
-            observe(10, job(task, suspended=False)),
-            observe(11, ready_pod(task, 11)),
-        ]
-    )
-    world.play(watcher(world))
-    assert world.moves(task) == ["INITIALIZING"]
+    task, _ = staging(world)
     world.cluster.logs[(task, "sequencer")] = log(*STAGED, RUNNING_0)
     world.clock.now += 1  # long before the old watcher's next read
     watcher(world).resync()
@@ -237,18 +244,7 @@ def test_no_read_stays_due_once_the_ready_pod_has_ended(world: World) -> None:
     Until the Job is gone (on a cluster, the pod's grace and Kueue's clean-up) a read that
     stays due would make the watcher's loop wait 0 s and reconcile the task over and over.
     """
-    task = world.task()
-    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
-    world.cluster.load(
-        [
-            observe(10, admitted(task, 10)),
-            observe(10, job(task, suspended=False)),
-            observe(11, ready_pod(task, 11)),
-        ]
-    )
-    w = watcher(world, running_seconds=60.0)
-    world.play(w)
-    assert world.moves(task) == ["INITIALIZING"]
+    task, w = staging(world, running_seconds=60.0)
     world.cluster.logs[(task, "sequencer")] = log(
         *STAGED, RUNNING_0, ("verdict", {"state": "COMPLETE", "system_logs": []})
     )
@@ -267,20 +263,8 @@ def test_a_replacement_pod_not_ready_yet_leaves_no_read_due(world: World) -> Non
     The new pod pulls its images for minutes, maybe: the old pod's read must not stay due
     meanwhile. Once the new pod is Ready its own log is read at once.
     """
-    task = world.task()
-    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
-    first = ready_pod(task, 11)
-    world.cluster.load(
-        [
-            observe(10, admitted(task, 10)),
-            observe(10, job(task, suspended=False)),
-            observe(11, first),
-        ]
-    )
-    w = watcher(world)
-    world.play(w)
-    assert world.moves(task) == ["INITIALIZING"] and sequencer_reads(world, task) == 1
-    stopped = copy.deepcopy(first)
+    task, w = staging(world)
+    stopped = ready_pod(task, 11)
     status = stopped["status"]
     status["phase"] = "Failed"
     status["conditions"] = [c for c in status["conditions"] if c["type"] == "PodScheduled"]
@@ -302,17 +286,7 @@ def test_a_replacement_pod_not_ready_yet_leaves_no_read_due(world: World) -> Non
 
 def test_no_read_stays_due_for_a_task_ended_while_its_pod_still_runs(world: World) -> None:
     """The Job fails (its deadline) while the ready pod is still Ready: nothing is due."""
-    task = world.task()
-    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
-    world.cluster.load(
-        [
-            observe(10, admitted(task, 10)),
-            observe(10, job(task, suspended=False)),
-            observe(11, ready_pod(task, 11)),
-        ]
-    )
-    w = watcher(world)
-    world.play(w)
+    task, w = staging(world)
     deadline = cond("Failed", "True", "DeadlineExceeded", "Job was active longer than specified")
     world.cluster.load([observe(30, job(task, suspended=False, conditions=[deadline]))])
     world.play(w, 1)  # the pod is still there, Ready, until the Job's deletion reaches it
