@@ -296,7 +296,10 @@ class Watcher:
                 self.resubmit(task_id)
         for task_id in self.store.ids_in_states(_ACTIVE):
             if task_id not in self.objects and not self.cluster.exists(task_id):
-                attempts.vanished(self.store, task_id)
+                self._vanished(task_id)
+
+    def _vanished(self, task_id: str) -> None:
+        attempts.vanished(self.store, task_id)
 
     # -- the loop ---------------------------------------------------------------------------
 
