@@ -50,6 +50,17 @@ _HINTS = (
         "an admission webhook refused the pod; the operator must change its policy",
     ),
     (
+        # LimitRanger refusing a request of "0", which what waits for its turn in the ready
+        # layout asks for (worker/jobspec.py); older Kubernetes end the sentence with "."
+        re.compile(r"request is 0(?!\w|\.\d)"),
+        "in the ready pod layout (docs/task-pod.md) finish and the executors after the first "
+        "request no cpu or memory of their own (they wait for their turn), which a LimitRange "
+        "of the task namespace refuses (a per-Container min or maxLimitRequestRatio); the "
+        "operator can drop those from it, or set KUEUE_TES_POD_LAYOUT=init, where every "
+        "container requests the task's resources or KUEUE_TES_SIDECAR_CPU and "
+        "KUEUE_TES_SIDECAR_MEMORY",
+    ),
+    (
         re.compile(r"usage per (Container|Pod) is"),
         "a LimitRange of the task namespace refuses the pod's requests or limits; ask for "
         "resources within it, or the operator can change it",

@@ -57,8 +57,13 @@ class Progress:
         if entry is not None and entry.pod != name:
             entry = None  # a new pod: what the old one said is of another attempt
         if not ready or phase in ("Succeeded", "Failed"):
-            # Not running (yet, or any more): the final read at the pod's end is the watcher's.
-            return entry.report if entry else None
+            # Not running (yet, or any more): nothing is due until it runs (a read left due
+            # would have the watcher's loop spin); the final read at the pod's end is its own.
+            if entry is None:
+                self.forget(task_id)
+                return None
+            entry.interval = 0.0
+            return entry.report
         initializing = state is not State.RUNNING  # (QUEUED: admitted a moment ago)
         interval = self.initializing_seconds if initializing else self.running_seconds
         now = self.clock()

@@ -4,12 +4,7 @@ It is level-triggered: every observation is judged against the task's stored sta
 be stopped at any point and restarted (a resync rebuilds what it knew) without losing or
 repeating a transition.
 
-Attempts (TES TaskLogs): the worker opens the first at submission, the watcher each later one
-when Kueue admits the task again after an eviction (design section 10): one per admission. An
-evicted attempt keeps its end_time, and what the task waits for until its next admission is
-added to its system_logs, so a client polling a QUEUED task reads why in the last TaskLog. An
-attempt's ``metadata`` names its ``pod`` and, once evicted, Kueue's reason (``evicted``): that is
-how a restarted watcher tells an old pod from a new one.
+Attempts (TES TaskLogs), one per admission, are kept as worker/attempts.py describes.
 """
 
 from __future__ import annotations
@@ -19,13 +14,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from app import ids
 from app.models import State
 from app.store.base import TERMINAL, TaskRecord, TaskStore
-from worker import pods, states
+from worker import attempts, pods, states
+from worker.attempts import ACTIVE as _ACTIVE
+from worker.attempts import name as _name
+from worker.attempts import now
+from worker.attempts import since as _since
 from worker.cluster.base import Cluster, ClusterError, Observation
 from worker.observer import Observer
 from worker.progress import Progress
@@ -37,16 +35,7 @@ RUNTIME_NOTE = "kueue-tes/runtime-note"
 REPORT_LIMIT = 8 * 1024 * 1024
 TAIL_LIMIT = 64 * 1024  # an executor's log tail, read only where the report has none
 Json = dict[str, Any]
-_ACTIVE = (State.INITIALIZING, State.RUNNING)
-
-
-def now() -> str:
-    """Return the current UTC time as RFC 3339."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _name(obj: Json | None) -> str | None:
-    return None if obj is None else (obj.get("metadata") or {}).get("name")
+__all__ = ["Watcher", "now"]  # (now: worker/jobs.py)
 
 
 def _with(objects: states.Objects, obs: Observation) -> states.Objects:
@@ -58,11 +47,6 @@ def _with(objects: states.Objects, obs: Observation) -> states.Objects:
         return pods.observed(objects, obs.name, obs.obj)
     changes: Json = {kind.lower(): obs.obj}
     return replace(objects, **changes)
-
-
-def _since(obj: Json | None, kind: str) -> str:
-    # When Kueue flipped a condition: stable across watcher restarts, unlike our own clock.
-    return str((states.condition(obj, kind) or {}).get("lastTransitionTime") or now())
 
 
 class Watcher:
@@ -133,14 +117,16 @@ class Watcher:
                 # Ours but finished (or unknown): the store has the record; remove the rest.
                 self._delete(task_id)
             return
-        record, index = self._attempt(record)
+        record, index = attempts.ensure(self.store, record)
         # Pods of ended attempts linger while they terminate; the current attempt's pod is not
         # always the one reported last (worker/pods.py).
         objects = pods.for_attempt(objects, record.doc["logs"])
         pod = _name(objects.pod)
         objects = replace(objects, report=self.progress.report(task_id, record.state, objects))
         decision = states.decide(record.state, objects, self._timing(task_id, objects))
-        record, index = self._current(record, index, pod, decision)
+        record, index = attempts.current(
+            self.store, record, index, pod, decision, self._pod_replaced
+        )
         note = ((objects.pod or {}).get("metadata") or {}).get("annotations", {}).get(RUNTIME_NOTE)
         if note:
             decision.system_logs.insert(0, str(note))
@@ -163,38 +149,8 @@ class Watcher:
             at, since, self.image_pull_grace, self.no_workload_grace, self.pod_create_grace
         )
 
-    def _attempt(self, record: TaskRecord) -> tuple[TaskRecord, int]:
-        if not record.doc.get("logs"):
-            self.store.append_attempt(record.id, {"logs": [], "outputs": []})
-            record = self.store.get(record.id) or record
-        return record, len(record.doc["logs"]) - 1
-
-    def _current(
-        self, record: TaskRecord, index: int, pod: str | None, decision: states.Decision
-    ) -> tuple[TaskRecord, int]:
-        """Return the attempt ``decision`` belongs to, closing and opening attempts as needed."""
-        attempt = record.doc["logs"][index]
-        meta = attempt.get("metadata") or {}
-        if decision.requeued or record.state is State.CANCELING:
-            return record, index
-        if not attempt.get("end_time"):
-            if pod is None or meta.get("pod") in (None, pod):
-                return record, index
-            # A new pod while the attempt's own was never seen to end: it was replaced (an
-            # eviction and re-admission, or a disruption) while the watcher was not looking.
-            replaced = f"the task's pod {meta['pod']} was replaced by {pod}"
-            changes: Json = {"end_time": now(), "metadata": {**meta, "evicted": "PodReplaced"}}
-            changes["system_logs"] = states.merge_logs(attempt.get("system_logs") or [], [replaced])
-            self.store.update_attempt(record.id, index, changes)
-            self.observer.evicted(record, "PodReplaced")
-        elif not meta.get("evicted"):
-            return record, index  # ended by a finish that did not get to move the task
-        elif decision.state not in _ACTIVE and not (decision.finished and pod):
-            return record, index  # still waiting after the eviction
-        self.store.append_attempt(record.id, {"logs": [], "outputs": []})
-        log.info("task %s: admitted again; attempt %d begins", record.id, index + 2)
-        fresh = self.store.get(record.id) or record
-        return fresh, len(fresh.doc["logs"]) - 1
+    def _pod_replaced(self, record: TaskRecord) -> None:
+        self.observer.evicted(record, "PodReplaced")
 
     def _progress(
         self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
@@ -225,6 +181,7 @@ class Watcher:
         self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
     ) -> None:
         final = decision.state or State.SYSTEM_ERROR
+        self.progress.forget(record.id)  # ended: nothing more to read until the Job is gone
         attempt = record.doc["logs"][index]
         changes: Json = {} if attempt.get("end_time") else {"end_time": now()}
         pod, meta = _name(objects.pod), attempt.get("metadata") or {}
@@ -259,14 +216,10 @@ class Watcher:
     def _executor_logs(
         self, task_id: str, report: Report, from_pod: list[Json] | None, pod: str | None
     ) -> list[Json]:
-        # The report's entries carry the tails; the pod's status knows executors the sequencer
-        # did not get to report (an OOM kill takes the runner with it): read their logs here.
-        logs = [dict(entry) for entry in report.executors]
-        logs += [dict(entry) for entry in (from_pod or [])[len(logs) :]]
-        for i, entry in enumerate(logs):
-            if "stdout" not in entry and pod is not None:
-                entry["stdout"] = self._read(task_id, f"executor-{i}", TAIL_LIMIT, pod)
-        return logs
+        def tail(i: int) -> str:
+            return self._read(task_id, f"executor-{i}", TAIL_LIMIT, pod)
+
+        return attempts.executor_logs(report, from_pod, tail if pod is not None else None)
 
     def _requeue(
         self, record: TaskRecord, index: int, decision: states.Decision, objects: states.Objects
@@ -359,19 +312,7 @@ class Watcher:
         self.store.render_pending(5000)  # tasks an older release stored (docs/upgrade.md)
 
     def _vanished(self, task_id: str) -> None:
-        record = self.store.get(task_id)
-        if record is None or record.state in TERMINAL:
-            return
-        record, index = self._attempt(record)
-        attempt = record.doc["logs"][index]
-        gone = ["the task's Job disappeared from the cluster"]
-        merged = states.merge_logs(attempt.get("system_logs") or [], gone)
-        changes: Json = {"system_logs": merged} if merged is not None else {}
-        if not attempt.get("end_time"):
-            changes["end_time"] = now()
-        self.store.update_attempt(task_id, index, changes)
-        if self.store.transition(task_id, State.SYSTEM_ERROR):
-            log.warning("task %s: SYSTEM_ERROR: its Job disappeared", task_id)
+        attempts.vanished(self.store, task_id)
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -76,6 +76,17 @@ def cli(
     )
 
 
+def background_wait(server: str, task_id: str) -> subprocess.Popen[str]:
+    """Start `kueue-tes task wait TASK_ID` (polling every 0.5 s at most) in the background."""
+    return subprocess.Popen(
+        [str(KUEUE_TES), "task", "wait", task_id, "--max-interval", "0.5"],
+        env=client_env(server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     """Assert a command succeeded quietly; return its stdout."""
     assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)

@@ -26,6 +26,7 @@ from tests.integration.cli_support import (
     KUEUE_TES,
     SLEEP,
     address,
+    background_wait,
     cli,
     client_env,
     create,
@@ -207,13 +208,7 @@ def test_wait_exits_2_when_a_task_is_canceled_meanwhile(server: Server, tmp_path
     """wait follows a running task; `task cancel` prints its id; wait sees CANCELED, exits 2."""
     url = address(server)
     task_id = create(url, SLEEP, tmp_path)
-    waiting = subprocess.Popen(
-        [str(KUEUE_TES), "task", "wait", task_id, "--max-interval", "0.5"],
-        env=client_env(url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    waiting = background_wait(url, task_id)
     try:
         deadline = time.monotonic() + 60
         while server.get(task_id, "MINIMAL")["state"] != "RUNNING":

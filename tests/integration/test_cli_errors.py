@@ -5,7 +5,6 @@ and with Basic and OIDC (a real JWKS on loopback), and a server that restarts mi
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +19,9 @@ from tests.idp import AUDIENCE, IdentityProvider
 from tests.integration.cli_support import (
     BIG,
     ECHO,
-    KUEUE_TES,
     address,
+    background_wait,
     cli,
-    client_env,
     create,
     failed,
     ok,
@@ -256,13 +254,7 @@ def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
     with serving(data, serve_env({}), port=port) as first:
         url = address(first)
         task_id = create(url, BIG, tmp_path)
-        waiting = subprocess.Popen(
-            [str(KUEUE_TES), "task", "wait", task_id, "--max-interval", "0.5"],
-            env=client_env(url),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        waiting = background_wait(url, task_id)
         assert waiting.stdout is not None and waiting.stderr is not None
         assert waiting.stdout.readline().split()[1:] == [task_id, "QUEUED"]
     try:

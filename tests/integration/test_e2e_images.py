@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from tests import registry as testreg
 from tests.conftest import ROOT
 from tests.integration.e2e_support import Json, Server, serve_env, serving, show
+from tests.integration.test_e2e_layouts import HeldInput, pod_of, ready
 from tests.registry import Registry
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -37,6 +39,7 @@ class World:
     roots: Path
     open: Registry
     private: Registry
+    data: Path
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,9 @@ def world(
         }
     )
     with serving(tmp / "data", env) as server:
-        yield World(server, open_registry.names, roots, open_registry, private_registry)
+        yield World(
+            server, open_registry.names, roots, open_registry, private_registry, tmp / "data"
+        )
 
 
 def _task(name: str, image: str, command: list[str], **executor: Any) -> Json:
@@ -157,3 +162,38 @@ def test_the_readmes_example_runs_on_images(world: World) -> None:
     assert (results / "count.txt").read_text().split() == ["21", "/data/out/shout.txt"]
     ran = [line for line in finished["logs"][-1]["system_logs"] if " ran " in line]
     assert len(ran) == 2, show(finished)
+
+
+def test_executors_that_never_ran_are_not_said_to_have_run(world: World) -> None:
+    """The ready layout starts every executor's container, on its image, before stage-in ends:
+    while stage-in runs no executor has run, and after a failed stage-in none ever did."""
+    executor = {"image": world.images["marker"], "command": ["cat", "/etc/marker"]}
+    with HeldInput() as held:
+        task = {
+            "name": "never-ran",
+            "inputs": [
+                {"path": "/in/held.txt", "url": held.url},
+                {"path": "/in/gone.txt", "url": f"file://{world.roots}/no/such/file"},
+            ],
+            "executors": [executor, executor],
+        }
+        task_id = world.server.create(task)
+        assert held.asked.wait(60), world.server.lines_about(task_id)
+        deadline = time.monotonic() + 60
+        while (pod := pod_of(world.data, task_id)) is None or not ready(pod):
+            assert time.monotonic() < deadline, world.server.lines_about(task_id)
+            time.sleep(0.02)
+        assert all(s["imageID"] for s in pod["status"]["containerStatuses"][:2]), pod
+        # The watcher sees the Ready pod (and reads progress every 0.25 s) while stage-in waits.
+        until = time.monotonic() + 2
+        while time.monotonic() < until:
+            shown = world.server.get(task_id)
+            assert shown["state"] == "INITIALIZING", show(shown)
+            assert not [x for x in shown["logs"][-1].get("system_logs", []) if " ran " in x]
+            time.sleep(0.1)
+        held.release.set()
+        done = world.server.wait(task_id, timeout=60)
+    assert done["state"] == "SYSTEM_ERROR", show(done)
+    logs = done["logs"][-1]["system_logs"]
+    assert any("input /in/gone.txt" in line for line in logs), show(done)
+    assert not [line for line in logs if " ran " in line], show(done)

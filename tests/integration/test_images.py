@@ -28,6 +28,7 @@ from tests.integration.test_local_cluster import (
     make_job,
 )
 from tests.registry import Registry
+from worker.cluster.base import PermanentError
 from worker.cluster.local import LocalCluster, layers, reference, rootfs, streams
 from worker.cluster.local.images import ImageError, ImageStore
 from worker.cluster.local.podimages import ImageSource
@@ -212,6 +213,14 @@ def test_gzip_streams_with_several_members_padding_and_a_cut() -> None:
 def _store(tmp_path: Path, registry: Registry, name: str = "images", **kwargs: Any) -> ImageStore:
     client = Client(insecure=frozenset({registry.host}), **kwargs.pop("client", {}))
     return ImageStore(tmp_path / name, client, kwargs.pop("max_bytes", 10 * GiB))
+
+
+def test_one_process_per_image_cache(tmp_path: Path) -> None:
+    """A second server on the same data directory is refused, saying why."""
+    first = ImageStore(tmp_path / "images", Client(), GiB)
+    with pytest.raises(PermanentError, match="another kueue-tes process uses the image cache in"):
+        ImageStore(tmp_path / "images", Client(), GiB)
+    assert first.downloads == 0
 
 
 def test_pull_resolves_the_platform_and_applies_whiteouts(

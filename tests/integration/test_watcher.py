@@ -269,6 +269,20 @@ def completed(task_id: str) -> list[Step]:
     ]  # fmt: skip
 
 
+def until_preempted(task_id: str, first: list[Json]) -> list[Step]:
+    """Queued, admitted, its pod (``first``: pod_run at 11) up to executor 0 running, then
+    preempted by Kueue at 20 and its Job suspended."""
+    return [
+        observe(1, job(task_id)),
+        observe(2, pending(task_id, QUOTA + "default, 3 more needed", 2)),
+        observe(10, admitted(task_id, 10)),
+        observe(10, job(task_id, suspended=False)),
+        *[observe(11 + i, snapshot) for i, snapshot in enumerate(first[:3])],
+        observe(20, evicted(task_id, "Preempted", PREEMPTED, 20, QUOTA + "default, 2 more needed")),
+        observe(20, job(task_id)),
+    ]
+
+
 def preempted(task_id: str) -> list[Step]:
     """Admitted, preempted while executor 0 runs, queued again, admitted again, complete."""
     first, second = pod_run(task_id, "p1xxx", 11), pod_run(task_id, "p2xxx", 41)
@@ -280,13 +294,7 @@ def preempted(task_id: str) -> list[Step]:
     stopped["status"]["initContainerStatuses"][2] = ended("executor-0", 137, 13)
     unsuspended = job(task_id, suspended=False)
     return [
-        observe(1, job(task_id)),
-        observe(2, pending(task_id, QUOTA + "default, 3 more needed", 2)),
-        observe(10, admitted(task_id, 10)),
-        observe(10, unsuspended),
-        *[observe(11 + i, snapshot) for i, snapshot in enumerate(first[:3])],
-        observe(20, evicted(task_id, "Preempted", PREEMPTED, 20, QUOTA + "default, 2 more needed")),
-        observe(20, job(task_id)),
+        *until_preempted(task_id, first),
         observe(21, stopped),
         gone(22, stopped),
         observe(40, admitted(task_id, 40, previously=PREEMPTED)),

@@ -15,21 +15,19 @@ import copy
 from app.models import State
 from tests.integration.test_watcher import (
     PREEMPTED,
-    QUOTA,
     TWO_EXECUTORS,
     Step,
     World,
     admitted,
     complete,
     ended,
-    evicted,
     gone,
     job,
     observe,
-    pending,
     pod_run,
     report,
     stamp,
+    until_preempted,
     world,
 )
 
@@ -52,13 +50,7 @@ def readmitted_out_of_order(task: str) -> list[Step]:
     first, second = pod_run(task, "p1xxx", 11), pod_run(task, "p2xxx", 41)
     unsuspended = job(task, suspended=False)
     return [
-        observe(1, job(task)),
-        observe(2, pending(task, QUOTA + "default, 3 more needed", 2)),
-        observe(10, admitted(task, 10)),
-        observe(10, unsuspended),
-        *[observe(11 + i, snapshot) for i, snapshot in enumerate(first[:3])],
-        observe(20, evicted(task, "Preempted", PREEMPTED, 20, QUOTA + "default, 2 more needed")),
-        observe(20, job(task)),
+        *until_preempted(task, first),
         observe(21, terminating(first[2], 21)),
         observe(40, admitted(task, 40, previously=PREEMPTED)),
         observe(40, unsuspended),

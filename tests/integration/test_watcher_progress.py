@@ -9,17 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from app.models import State
-from app.store.sqlite import SqliteStore
 from tests.integration.test_watcher import (
-    Clock,
-    RecordingStore,
-    ScriptedCluster,
     World,
     admitted,
     complete,
@@ -30,23 +22,14 @@ from tests.integration.test_watcher import (
     pod,
     running,
     stamp,
+    world,
 )
 from worker.sequencer.report import Report
 from worker.watcher import Watcher
 
+__all__ = ["world"]  # the fixture
 Json = dict[str, object]
 PROGRESS_SECONDS = 5.0
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    """A fresh store and cluster."""
-    clock = Clock()
-    store = RecordingStore(SqliteStore(tmp_path / "tasks.db"))
-    cluster = ScriptedCluster(clock)
-    cluster.store = store
-    yield World(store, cluster, clock)
-    store.close()
 
 
 def watcher(world: World, running_seconds: float = 0.0) -> Watcher:
@@ -57,9 +40,15 @@ def watcher(world: World, running_seconds: float = 0.0) -> Watcher:
     )  # fmt: skip
 
 
-def ready_pod(task_id: str, at: float, phase: str = "Running", main: list[Json] | None = None):
+def ready_pod(
+    task_id: str,
+    at: float,
+    phase: str = "Running",
+    main: list[Json] | None = None,
+    suffix: str = "r3ady",
+):
     """The ready layout's pod: executors and finish are main containers, all Ready."""
-    out = pod(task_id, "r3ady", phase, [], [], at)
+    out = pod(task_id, suffix, phase, [], [], at)
     spec = out["spec"]
     spec["containers"] = [*spec["initContainers"][2:], *spec["containers"]]
     spec["initContainers"] = spec["initContainers"][:2]
@@ -88,6 +77,23 @@ RUNNING_0 = ("running", {"index": 0, "start_time": stamp(13)})
 
 def sequencer_reads(world: World, task_id: str) -> int:
     return world.cluster.reads.count((task_id, "sequencer"))
+
+
+def staging(world: World, running_seconds: float = 0.0) -> tuple[str, Watcher]:
+    """A task admitted at 10 whose ready pod is Ready at 11 while stage-in runs; its watcher."""
+    task = world.task()
+    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
+    world.cluster.load(
+        [
+            observe(10, admitted(task, 10)),
+            observe(10, job(task, suspended=False)),
+            observe(11, ready_pod(task, 11)),
+        ]
+    )
+    w = watcher(world, running_seconds)
+    world.play(w)
+    assert world.moves(task) == ["INITIALIZING"] and sequencer_reads(world, task) == 1
+    return task, w
 
 
 def test_ready_pod_moves_to_running_when_the_report_says_so(world: World) -> None:
@@ -121,17 +127,7 @@ def test_ready_pod_moves_to_running_when_the_report_says_so(world: World) -> Non
 
 def test_a_restarted_watcher_relearns_progress_from_the_log(world: World) -> None:
     """Killed while INITIALIZING; the new watcher's resync reads the log: RUNNING at once."""
-    task = world.task()
-    world.cluster.logs[(task, "sequencer")] = log(*STAGED)
-    world.cluster.load(
-        [
-            observe(10, admitted(task, 10)),
-            observe(10, job(task, suspended=False)),
-            observe(11, ready_pod(task, 11)),
-        ]
-    )
-    world.play(watcher(world))
-    assert world.moves(task) == ["INITIALIZING"]
+    task, _ = staging(world)
     world.cluster.logs[(task, "sequencer")] = log(*STAGED, RUNNING_0)
     world.clock.now += 1  # long before the old watcher's next read
     watcher(world).resync()
@@ -240,3 +236,60 @@ def pod_run_init(task_id: str) -> Json:
     for container in out["spec"]["initContainers"][2:]:
         container["resources"]["limits"]["nvidia.com/gpu"] = "1"
     return out
+
+
+def test_no_read_stays_due_once_the_ready_pod_has_ended(world: World) -> None:
+    """A pod read while INITIALIZING ends before its next read: nothing is due any more.
+
+    Until the Job is gone (on a cluster, the pod's grace and Kueue's clean-up) a read that
+    stays due would make the watcher's loop wait 0 s and reconcile the task over and over.
+    """
+    task, w = staging(world, running_seconds=60.0)
+    world.cluster.logs[(task, "sequencer")] = log(
+        *STAGED, RUNNING_0, ("verdict", {"state": "COMPLETE", "system_logs": []})
+    )
+    finish = {"name": "finish", "ready": False, "state": {"terminated": {"exitCode": 0}}}
+    world.cluster.load([observe(13, ready_pod(task, 11, "Succeeded", [finish]))])
+    world.play(w, 1)  # the Job's deletion is still to come
+    assert world.moves(task) == ["INITIALIZING", "COMPLETE"]
+    world.clock.now += 10 * PROGRESS_SECONDS
+    assert w.progress.due() == []
+    assert w.progress.wait(1.0) == 1.0
+
+
+def test_a_replacement_pod_not_ready_yet_leaves_no_read_due(world: World) -> None:
+    """The Job controller replaces a disrupted ready pod: no read is due until the new one runs.
+
+    The new pod pulls its images for minutes, maybe: the old pod's read must not stay due
+    meanwhile. Once the new pod is Ready its own log is read at once.
+    """
+    task, w = staging(world)
+    stopped = ready_pod(task, 11)
+    status = stopped["status"]
+    status["phase"] = "Failed"
+    status["conditions"] = [c for c in status["conditions"] if c["type"] == "PodScheduled"]
+    status["conditions"].append(
+        cond("DisruptionTarget", "True", "DeletionByTaintManager", "Taint manager: deleting", 20)
+    )
+    second = ready_pod(task, 21, "Pending", [], suffix="n3xt2")
+    world.cluster.load([observe(20, stopped), observe(21, second)])
+    world.play(w)
+    world.clock.now += 10 * PROGRESS_SECONDS
+    assert w.progress.due() == []
+    assert w.progress.wait(1.0) == 1.0
+    world.cluster.logs[(second["metadata"]["name"], "sequencer")] = log(*STAGED, RUNNING_0)
+    world.cluster.load([observe(80, ready_pod(task, 21, suffix="n3xt2"))])
+    world.play(w)
+    assert sequencer_reads(world, task) == 2
+    assert world.moves(task) == ["INITIALIZING", "RUNNING"]
+
+
+def test_no_read_stays_due_for_a_task_ended_while_its_pod_still_runs(world: World) -> None:
+    """The Job fails (its deadline) while the ready pod is still Ready: nothing is due."""
+    task, w = staging(world)
+    deadline = cond("Failed", "True", "DeadlineExceeded", "Job was active longer than specified")
+    world.cluster.load([observe(30, job(task, suspended=False, conditions=[deadline]))])
+    world.play(w, 1)  # the pod is still there, Ready, until the Job's deletion reaches it
+    assert world.moves(task) == ["INITIALIZING", "SYSTEM_ERROR"]
+    world.clock.now += 10 * PROGRESS_SECONDS
+    assert w.progress.due() == []

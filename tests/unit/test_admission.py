@@ -184,6 +184,17 @@ QUOTA = (
 LIMIT = (
     f'pods "{JOB}-q4w9z" is forbidden: maximum memory usage per Container is 4Gi, but limit is 8Gi'
 )
+#: LimitRanger's minConstraint and limitRequestRatioConstraint; several violations are joined
+#: by apimachinery's error aggregate (duplicates dropped, "[a, b]"). The ready layout's `finish`
+#: and executors after the first request "0" of cpu and memory (worker/jobspec.py).
+LIMIT_MIN = (
+    f'pods "{JOB}-q4w9z" is forbidden: [minimum cpu usage per Container is 100m, but request is '
+    "0, minimum memory usage per Container is 64Mi, but request is 0]"
+)
+LIMIT_RATIO = (
+    f'pods "{JOB}-q4w9z" is forbidden: memory max limit to request ratio per Container is 2, but '
+    "no request is specified or request is 0"
+)
 WEBHOOK = (
     'admission webhook "validation.gatekeeper.sh" denied the request: [no-host-paths] '
     "hostPath volumes are not allowed"
@@ -220,6 +231,27 @@ def test_a_pod_the_api_server_forbids_ends_the_task_with_its_message(
     [line] = decision.system_logs
     assert line.startswith(f"the cluster refused to create the task pod: {message}; ")
     assert hint in line
+
+
+@pytest.mark.parametrize("message", [LIMIT_MIN, LIMIT_RATIO])
+def test_a_limit_range_that_refuses_zero_requests_names_the_pod_layout(message: str) -> None:
+    """A per-Container minimum or limit-to-request ratio refuses what waits for its turn in the
+    ready layout (no request of its own): the operator's fix, not "ask for more"."""
+    decision = states.decide(State.INITIALIZING, refused(message), Timing(T0 + 60))
+    assert decision.state is State.SYSTEM_ERROR and decision.finished
+    [line] = decision.system_logs
+    assert line == (
+        f"the cluster refused to create the task pod: {message}; in the ready pod layout "
+        "(docs/task-pod.md) finish and the executors after the first request no cpu or memory "
+        "of their own (they wait for their turn), which a LimitRange of the task namespace "
+        "refuses (a per-Container min or maxLimitRequestRatio); the operator can drop those "
+        "from it, or set KUEUE_TES_POD_LAYOUT=init, where every container requests the task's "
+        "resources or KUEUE_TES_SIDECAR_CPU and KUEUE_TES_SIDECAR_MEMORY"
+    )
+    assert "ask for resources" not in line
+    # A request that is not zero is the generic LimitRange case.
+    other = LIMIT_RATIO.replace("no request is specified or request is 0", "request is 0.5")
+    assert "ready pod layout" not in admission.explain(admission.Refusal(other, True, None))
 
 
 def test_aggregated_refusals_read_the_same() -> None:

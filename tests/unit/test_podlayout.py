@@ -221,3 +221,102 @@ def test_pods_ready_timeout_of_a_ready_layout_task() -> None:
     text = states.decide(State.INITIALIZING, Objects(job, None, evicted(job))).system_logs[0]
     assert "the task pod was not Ready within the cluster's waitForPodsReady timeout" in text
     assert "init containers" not in text
+
+
+DIGEST = "docker.io/library/ubuntu@sha256:" + "ab" * 32
+
+
+def pulled(pod: Json) -> Json:
+    """``pod`` with kubelet's imageID on every executor: all of them started at once."""
+    for status in pod["status"]["containerStatuses"]:
+        if status["name"].startswith("executor-"):
+            status["imageID"] = DIGEST
+    return pod
+
+
+def test_ready_pod_names_an_executors_image_once_the_report_says_it_ran() -> None:
+    """Every executor's container runs from the start, waiting for its turn: the line that
+    names the digest an executor ran comes with its turn, never for one that never ran."""
+    job = job_of(task(executors=2))
+    pod = pulled(ready_pod(job))
+    staging = Objects(job, pod, ADMITTED, report=read_report(report(*STAGED)))
+    assert states.decide(State.INITIALIZING, staging).system_logs == []
+    first = read_report(report(*STAGED, {"event": "running", "index": 0, "start_time": T}))
+    decision = states.decide(State.INITIALIZING, Objects(job, pod, ADMITTED, report=first))
+    assert decision.state is State.RUNNING
+    assert decision.system_logs == [f"executor 0 ran ubuntu:24.04 as {DIGEST}"]
+    failed = report(
+        {"event": "staged", "ok": False, "system_logs": ["input /x: 404"]},
+        *({"event": "executor", "index": i, "skipped": True} for i in range(2)),
+    )
+    skipped = Objects(job, pod, ADMITTED, report=read_report(failed))
+    assert states.decide(State.INITIALIZING, skipped).system_logs == []
+    # at the end, the runners' termination messages say who ran
+    ran = json.dumps({"exit_code": 0, "start": T, "end": T})
+    main = [
+        {**completed("executor-0", ran), "imageID": DIGEST},
+        {**completed("executor-1", json.dumps({"skipped": True})), "imageID": DIGEST},
+        {**completed("finish"), "state": {"terminated": {"exitCode": 1}}},
+    ]
+    done = states.decide(State.RUNNING, Objects(job, ready_pod(job, "Failed", main), ADMITTED))
+    assert done.finished and done.system_logs[0] == f"executor 0 ran ubuntu:24.04 as {DIGEST}"
+    assert not any(line.startswith("executor 1 ran") for line in done.system_logs)
+
+
+def pulling(name: str, reason: str, image: str) -> Json:
+    """kubelet: a container whose image pull fails (ErrImagePull, then ImagePullBackOff)."""
+    message = (
+        f'failed to pull and unpack image "docker.io/library/{image}": failed to resolve '
+        f'reference "docker.io/library/{image}": pull access denied, repository does not exist '
+        "or may require authorization"
+        if reason == "ErrImagePull"
+        else f'Back-off pulling image "{image}"'
+    )
+    state = {"waiting": {"reason": reason, "message": message}}
+    return {"name": name, "ready": False, "started": False, "restartCount": 0, "state": state}
+
+
+def test_two_executors_whose_images_fail_keep_a_waiting_line_each() -> None:
+    """The ready layout pulls every executor's image at once: when two pulls fail, each
+    executor's line says why its pull fails now, updated in place, neither hiding the other."""
+    doc = task(executors=2)
+    doc["executors"] = [
+        {"image": "nope:1", "command": ["true"]},
+        {"image": "gone:2", "command": ["true"]},
+    ]
+    job = job_of(doc)
+
+    def seen(reason_0: str, reason_1: str) -> Json:
+        pod = ready_pod(job, "Pending")
+        pod["status"]["conditions"][2:4] = [
+            cond(kind, "False", "ContainersNotReady", "containers with unready status: "
+                 "[executor-0 executor-1]")
+            for kind in ("Ready", "ContainersReady")
+        ]  # fmt: skip
+        pod["status"]["containerStatuses"] = [
+            pulling("executor-0", reason_0, "nope:1"),
+            pulling("executor-1", reason_1, "gone:2"),
+            running("finish"),
+        ]
+        return pod
+
+    logs = ["submitted to LocalQueue tes"]
+    rounds = [
+        ("ErrImagePull", "ErrImagePull"),
+        ("ImagePullBackOff", "ErrImagePull"),
+        ("ImagePullBackOff", "ImagePullBackOff"),
+    ]
+    for reasons in rounds:
+        decision = states.decide(State.INITIALIZING, Objects(job, seen(*reasons), ADMITTED))
+        assert decision.state is State.INITIALIZING
+        logs = states.merge_logs(logs, decision.system_logs) or logs
+        assert logs[1:] == decision.system_logs
+    assert [line.split(" (")[0] for line in logs[1:]] == [
+        "waiting for an image: executor 0: pulling nope:1 fails",
+        "waiting for an image: executor 1: pulling gone:2 fails",
+    ]
+    assert 'Back-off pulling image "gone:2"' in logs[2]
+    # a line of something else in between: the next change of a pull is a line of its own
+    again = states.decide(State.INITIALIZING, Objects(job, seen(*rounds[0]), ADMITTED))
+    later = states.merge_logs([*logs, "something else"], again.system_logs[:1])
+    assert later == [*logs, "something else", again.system_logs[0]]

@@ -564,7 +564,9 @@ def test_gated_runner_waits_for_its_turn_and_the_verdict(
             assert time.monotonic() < deadline, "the wake-up was not heard"
             time.sleep(0.01)
         assert ran.read_text() == "ran\n"
-        assert (control / "exec" / "1" / "turn").exists(), "the next executor's turn"
+        while not (control / "exec" / "1" / "turn").exists():  # written after the exit code
+            assert time.monotonic() < deadline, "the next executor's turn"
+            time.sleep(0.01)
         time.sleep(0.3)
         assert proc.poll() is None, "it must stay until the verdict"
         (control / "verdict").write_text("COMPLETE")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import fcntl
 import logging
 import threading
 import time
@@ -68,15 +67,7 @@ class LocalCluster:
         )
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
-        self._lockfile: TextIO = (self._root / ".lock").open("w")
-        try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lockfile.close()
-            raise PermanentError(
-                f"another kueue-tes process runs the local runtime in {self._root}; "
-                "run one `kueue-tes serve` per data directory"
-            ) from exc
+        self._lockfile: TextIO = persist.lock(self._root, "runs the local runtime")
         if layers.detach_under(self._root):
             logger.info("detached the container layers a previous server left mounted")
         self._quota = {"cpu": round(cpu_quota * 1000), "memory": int(memory_quota_bytes)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -30,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.cluster.base import PermanentError
-from worker.cluster.local import reference, registry, rootfs, unpacker
+from worker.cluster.local import persist, reference, registry, rootfs, unpacker
 from worker.cluster.local.reference import InvalidReference, Platform, Reference
 from worker.cluster.local.registry import PullError, Registry
 
@@ -117,15 +115,7 @@ class ImageStore:
         }
         self.downloads = 0  # layer blobs fetched from registries, for tests and logs
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._lockfile = (self._dir / ".lock").open("w")
-        try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lockfile.close()
-            raise PermanentError(
-                f"another kueue-tes process uses the image cache in {self._dir}; run one "
-                "`kueue-tes serve` per data directory"
-            ) from exc
+        self._lockfile = persist.lock(self._dir, "uses the image cache")
         self._load()
 
     # -- what pods call ---------------------------------------------------------------------

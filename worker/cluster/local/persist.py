@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from worker.cluster.base import PermanentError
 from worker.cluster.local import podstatus
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,24 @@ class Record:
     task_id: str
     seq: int
     objects: dict[str, dict[str, Any]]
+
+
+def lock(directory: Path, what: str) -> TextIO:
+    """Hold ``directory``'s lock file while the handle stays open; else raise PermanentError.
+
+    ``what`` says what the directory is to this process ("uses the image cache"): two servers
+    on one data directory would run the same tasks twice.
+    """
+    handle = (directory / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise PermanentError(
+            f"another kueue-tes process {what} in {directory}; run one `kueue-tes serve` per "
+            "data directory"
+        ) from exc
+    return handle
 
 
 def save(directory: Path, task_id: str, seq: int, what: str, obj: dict[str, Any]) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-import select
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +14,7 @@ from typing import Any
 
 from worker.cluster.local import podimages, podstatus, process, sandbox, volumes
 from worker.cluster.local.podstatus import ContainerState
-from worker.cluster.local.process import Process
+from worker.cluster.local.process import Process, Processes
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +43,9 @@ class PodRunner:
         self._configmaps = configmaps
         self._on_status = on_status
         self._task, self._bwrap, self._keep = task_id, bwrap, keep
+        self._procs = Processes()
         self._images = podimages.PodImages(
-            images, pod_dir, self._wait_any, self._stopped, self._report, self._wake
+            images, pod_dir, self._wait_any, self._stopped, self._report, self._procs.wake
         )
         spec = self._pod["spec"]
         self._init: list[dict[str, Any]] = list(spec.get("initContainers") or [])
@@ -63,16 +61,9 @@ class PodRunner:
             c["name"]: ContainerState(c["name"], str(c.get("image", "")), podstatus.waiting(first))
             for c in [*self._init, *self._main]
         }
-        self._procs: dict[str, Process] = {}
         self._restart_due: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._killed = False
         self._stopping = False
         self._interrupt: tuple[str, str] | None = None
-        self._probe: subprocess.Popen[bytes] | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._phase, self._reason, self._message = "Pending", "", ""
         self._start_time = podstatus.now()
         self._sandbox_ready = self._initialized = False
@@ -91,26 +82,14 @@ class PodRunner:
 
     def kill(self) -> None:
         """Kill every process of the pod at once and wait until they are gone."""
-        with self._lock:
-            self._killed = True
-            pids = [p.proc.pid for p in self._procs.values()]
-            if self._probe is not None:
-                pids.append(self._probe.pid)
-        for pid in pids:
-            process.killpg(pid)
-        self._wake()
+        self._procs.kill()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
     def interrupt(self, reason: str, message: str) -> None:
         """Stop the pod gracefully and fail it with ``reason`` (a deadline passed)."""
         self._interrupt = (reason, message)
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            if self._wake_w >= 0:  # closed once the pod is done; never write to a reused fd
-                os.write(self._wake_w, b"x")
+        self._procs.wake()
 
     # -- the pod's life -----------------------------------------------------------------------
 
@@ -122,17 +101,8 @@ class PodRunner:
             self._phase, self._reason = "Failed", "LocalRuntimeError"
             self._message = "the local runtime failed running this pod; see the server log"
         finally:
-            for running in self._procs.values():
-                process.killpg(running.proc.pid)
-                running.proc.wait()
-                process.wait_gone(running.child)
-                os.close(running.pidfd)
-            self._procs.clear()
+            self._procs.close()
             self._images.release()
-            with self._lock:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self._wake_w = -1
             self._report()
 
     def _run_pod(self) -> None:
@@ -173,7 +143,7 @@ class PodRunner:
             self._phase = "Failed" if failed or any(c != 0 for c in codes) else "Succeeded"
 
     def _stopped(self) -> bool:
-        return self._killed or self._interrupt is not None
+        return self._procs.killed or self._interrupt is not None
 
     def _run_to_end(self, container: dict[str, Any]) -> int:
         if not self._launch(container):
@@ -224,11 +194,9 @@ class PodRunner:
 
     def _fail_sidecar(self, name: str, why: str) -> None:
         self._stopping = True
-        running = self._procs.get(name)
-        if running is not None:
-            process.killpg(running.proc.pid)
-            while name in self._procs:
-                self._wait_any(None)
+        self._procs.kill_one(name)
+        while name in self._procs:
+            self._wait_any(None)
         self._reason, self._message = "StartupProbeFailed", f"container {name}: {why}"
         logger.info("task %s: %s", self._task, self._message)
 
@@ -236,13 +204,7 @@ class PodRunner:
         # kubelet execs the probe inside the container; a sibling sandbox with the same mounts,
         # environment and working directory sees the same files.
         argv = self._argv({**container, "command": command, "args": []}, None, None)
-
-        def track(proc: subprocess.Popen[bytes] | None) -> bool:
-            with self._lock:
-                self._probe = proc
-                return not self._killed
-
-        passed, output = process.run_probe(argv, timeout, track)
+        passed, output = process.run_probe(argv, timeout, self._procs.track_probe)
         if not passed:
             logger.debug("task %s: probe of %s: %r", self._task, container["name"], output[-200:])
         return passed
@@ -284,15 +246,9 @@ class PodRunner:
                 log.replace(log.with_suffix(".previous.log"))
             self._images.start(container, self._volumes, self._fields, self._read_only)
             argv = self._argv(container, termination, write_end)
-            # Under the lock, so that kill() either sees this process or stops it starting.
-            with self._lock:
-                if self._killed:
-                    return False
-                proc = process.spawn(argv, log, write_end)
-                running = Process(
-                    container, proc, os.pidfd_open(proc.pid), started_at, termination, log
-                )
-                self._procs[name] = running
+            running = self._procs.start(container, argv, log, started_at, termination, write_end)
+            if running is None:
+                return False  # killed
             os.close(write_end)
             write_end = -1
             running.child = process.read_child_pid(read_end)
@@ -305,12 +261,12 @@ class PodRunner:
             if write_end >= 0:
                 os.close(write_end)
         state.state = podstatus.running(started_at)
-        state.container_id = f"bwrap://{proc.pid}"
+        state.container_id = f"bwrap://{running.proc.pid}"
         # A sidecar is started once its probe passes (approximation: not re-probed after a
         # restart); with no readiness probes, a main container is ready once running.
         state.started = name not in self._sidecars or state.restart_count > 0
         state.ready = state.started and name not in self._plain_init
-        logger.debug("task %s: started %s (pid %s)", self._task, name, proc.pid)
+        logger.debug("task %s: started %s (pid %s)", self._task, name, running.proc.pid)
         self._report()
         return True
 
@@ -319,16 +275,8 @@ class PodRunner:
         if self._restart_due:
             until = max(0.0, min(self._restart_due.values()) - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        for running in self._procs.values():
-            poller.register(running.pidfd, select.POLLIN)
-        poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
-        for name, running in list(self._procs.items()):
-            if running.proc.poll() is not None:
-                self._exited(name, running)
+        for name, running in self._procs.wait(timeout):
+            self._exited(name, running)
         for name, due in list(self._restart_due.items()):
             if due <= time.monotonic() and not self._stopping and not self._stopped():
                 del self._restart_due[name]
@@ -336,9 +284,6 @@ class PodRunner:
                 self._launch(next(c for c in self._init if c["name"] == name))
 
     def _exited(self, name: str, running: Process) -> None:
-        process.wait_gone(running.child)
-        os.close(running.pidfd)
-        del self._procs[name]
         code, reason, message = process.outcome(running)
         state = self._states[name]
         state.state = podstatus.terminated(code, running.started_at, message, reason)
@@ -366,30 +311,18 @@ class PodRunner:
         sidecars = [c["name"] for c in reversed(self._init) if c["name"] in self._procs]
         for group in [mains, *[[name] for name in sidecars]]:
             for name in group:
-                self._signal(name, signal.SIGTERM)
-            while any(n in self._procs for n in group) and not self._killed:
+                self._procs.signal(name, signal.SIGTERM)
+            while any(n in self._procs for n in group) and not self._procs.killed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     for name in group:
-                        if name in self._procs:
-                            process.killpg(self._procs[name].proc.pid)
+                        self._procs.kill_one(name)
                 self._wait_any(max(left, 0.05))
-
-    def _signal(self, name: str, sig: int) -> None:
-        running = self._procs.get(name)
-        if running is None:
-            return
-        if running.child is None:
-            process.killpg(running.proc.pid, sig)
-            return
-        # kubelet signals the container's own init: here PID 1 of the sandbox's namespace.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(running.child, sig)
 
     # -- status -------------------------------------------------------------------------------
 
     def _report(self) -> None:
-        if self._killed:
+        if self._procs.killed:
             return  # the pod is being deleted; nobody wants its last words
         init = [self._states[c["name"]] for c in self._init]
         main = [self._states[c["name"]] for c in self._main]

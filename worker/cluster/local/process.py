@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,117 @@ class Process:
         """Return the container's exit code as a runtime reports it (128 + signal if killed)."""
         code = self.proc.returncode
         return code if code >= 0 else 128 - code
+
+
+class Processes:
+    """The running sandboxes of one pod by container name, and the pipe that wakes its runner.
+
+    A start and :meth:`kill` exclude each other: kill either sees the new process or keeps it
+    from starting. :meth:`wait` watches every process's pidfd and the pipe at once.
+    """
+
+    def __init__(self) -> None:
+        """Start with nothing running."""
+        self.running: dict[str, Process] = {}
+        self.killed = False
+        self._lock = threading.Lock()
+        self._probe: subprocess.Popen[bytes] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def __contains__(self, name: object) -> bool:
+        """Tell whether the container ``name`` runs."""
+        return name in self.running
+
+    def start(
+        self,
+        container: dict[str, Any],
+        argv: list[str],
+        log: Path,
+        started_at: str,
+        termination: Path,
+        info_fd: int,
+    ) -> Process | None:
+        """Start a container's sandbox (:func:`spawn`); None once the pod is killed."""
+        with self._lock:
+            if self.killed:
+                return None
+            proc = spawn(argv, log, info_fd)
+            running = Process(
+                container, proc, os.pidfd_open(proc.pid), started_at, termination, log
+            )
+            self.running[str(container["name"])] = running
+        return running
+
+    def track_probe(self, proc: subprocess.Popen[bytes] | None) -> bool:
+        """Keep a probe's process (None: it ended) for :meth:`kill`; False once killed."""
+        with self._lock:
+            self._probe = proc
+            return not self.killed
+
+    def kill(self) -> None:
+        """Kill every process of the pod at once, for good, and wake the waiter."""
+        with self._lock:
+            self.killed = True
+            pids = [p.proc.pid for p in self.running.values()]
+            if self._probe is not None:
+                pids.append(self._probe.pid)
+        for pid in pids:
+            killpg(pid)
+        self.wake()
+
+    def kill_one(self, name: str) -> None:
+        """Kill the sandbox of container ``name``, if it runs."""
+        running = self.running.get(name)
+        if running is not None:
+            killpg(running.proc.pid)
+
+    def signal(self, name: str, sig: int) -> None:
+        """Signal container ``name`` as kubelet does: its init, here the sandbox's PID 1."""
+        running = self.running.get(name)
+        if running is None:
+            return
+        if running.child is None:
+            killpg(running.proc.pid, sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(running.child, sig)
+
+    def wake(self) -> None:
+        """Wake :meth:`wait` up."""
+        with self._lock, contextlib.suppress(OSError):
+            if self._wake_w >= 0:  # closed once the pod is done; never write to a reused fd
+                os.write(self._wake_w, b"x")
+
+    def wait(self, timeout: float | None) -> list[tuple[str, Process]]:
+        """Wait for an exit, a wake-up or ``timeout`` seconds; return who exited, reaped."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for running in self.running.values():
+            poller.register(running.pidfd, select.POLLIN)
+        poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        exited = [(n, r) for n, r in self.running.items() if r.proc.poll() is not None]
+        for name, running in exited:
+            wait_gone(running.child)
+            os.close(running.pidfd)
+            del self.running[name]
+        return exited
+
+    def close(self) -> None:
+        """Kill and reap whatever still runs, and close the pipe (the pod is done)."""
+        for running in self.running.values():
+            killpg(running.proc.pid)
+            running.proc.wait()
+            wait_gone(running.child)
+            os.close(running.pidfd)
+        self.running.clear()
+        with self._lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
 
 
 def spawn(argv: list[str], log: Path, info_fd: int) -> subprocess.Popen[bytes]:

@@ -24,16 +24,25 @@ class UnsupportedCompression(Exception):
     """A layer's compression is one the runtime cannot read."""
 
 
-class Hashing(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A readable raw stream whose subclass implements ``read``."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class Hashing(_Reader):
     """Reads through to ``source``, hashing what passes (unless not ``hashed``), into ``sink``."""
 
     def __init__(self, source: Any, sink: IO[bytes] | None = None, hashed: bool = True) -> None:
         self.source, self.sink = source, sink
         self.hash = hashlib.sha256() if hashed else None
         self.size = 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         data: bytes = self.source.read(CHUNK if size is None or size < 0 else size)
@@ -44,11 +53,6 @@ class Hashing(io.RawIOBase):
             if self.sink is not None:
                 self.sink.write(data)
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def drain(self) -> None:
         """Read what is left (padding after the archive's end), so that the digest is whole."""
@@ -61,7 +65,7 @@ class Hashing(io.RawIOBase):
         return "sha256:" + (self.hash.hexdigest() if self.hash is not None else "")
 
 
-class Prefetched(io.RawIOBase):
+class Prefetched(_Reader):
     """Reads ``source`` ahead in a thread of its own; its errors come out of ``read``."""
 
     def __init__(self, source: Hashing) -> None:
@@ -89,9 +93,6 @@ class Prefetched(io.RawIOBase):
         except BaseException as exc:  # handed to the reader, which raises it
             self._put(exc)
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         if not self._pending:
             if self._done:
@@ -109,11 +110,6 @@ class Prefetched(io.RawIOBase):
         self._pending = self._pending[n:]
         return out
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def drain(self) -> None:
         """Read to the end, so that the source's digest is whole, and wait for the thread."""
         while self.read(CHUNK):
@@ -127,7 +123,7 @@ class Prefetched(io.RawIOBase):
         super().close()
 
 
-class Gunzip(io.RawIOBase):
+class Gunzip(_Reader):
     """Decompresses a gzip stream (members one after another, zero padding allowed); zlib
     checks each member's CRC and length."""
 
@@ -136,9 +132,6 @@ class Gunzip(io.RawIOBase):
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._input = head
         self._between = False
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         limit = CHUNK if size is None or size < 0 else size
@@ -166,20 +159,12 @@ class Gunzip(io.RawIOBase):
             if out:
                 return out
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
-
-class _Headed(io.RawIOBase):
+class _Headed(_Reader):
     """A stream whose first bytes were already read."""
 
     def __init__(self, raw: Any, head: bytes) -> None:
         self.raw, self._head = raw, head
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         if self._head:
@@ -188,11 +173,6 @@ class _Headed(io.RawIOBase):
             return out
         data: bytes = self.raw.read(CHUNK if size is None or size < 0 else size)
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def decompressed(raw: Any) -> io.RawIOBase:
