@@ -12,10 +12,8 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
@@ -23,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from worker import jobspec
-from worker.cluster import k8s_errors, k8s_lease, k8s_raw, k8s_watch
+from worker.cluster import k8s_errors, k8s_objects, k8s_raw, k8s_watch
 from worker.cluster.base import (
     MANAGED_BY,
     TASK_ID,
@@ -57,7 +55,7 @@ KUEUE_GROUP, KUEUE_VERSION, WORKLOAD_PLURAL = "kueue.x-k8s.io", "v1beta2", "work
 _RESOURCES: dict[Kind, str] = {"Job": JOBS, "Pod": PODS, "Workload": WORKLOADS, "Event": EVENTS}
 
 
-class KubernetesCluster:
+class KubernetesCluster(k8s_objects.TaskObjects):
     """Tasks as Jobs in one namespace; observed through Jobs, Pods, Workloads and Events."""
 
     def __init__(
@@ -258,47 +256,6 @@ class KubernetesCluster:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def submit(self, task_id: str, configmap: Json, job: Json) -> None:
-        """Create the task's Job, then its ConfigMap owned by the Job; existing ones are success."""
-        name = job["metadata"]["name"]
-        try:
-            created = self._create(JOBS, job)
-            log.info("task %s: Job %s created", task_id, name)
-        except k8s_errors.Conflict:
-            try:
-                created = self._read(JOBS, name)
-            except k8s_errors.NotFound as exc:
-                raise TransientError(f"task {task_id}: Job {name} vanished during submit") from exc
-            log.info("task %s: Job %s exists already", task_id, name)
-        owned = jobspec.own(configmap, created)
-        try:
-            self._create(CONFIGMAPS, owned)
-        except k8s_errors.Conflict:
-            self._adopt_configmap(task_id, owned)
-
-    def _adopt_configmap(self, task_id: str, owned: Json) -> None:
-        """Make an existing ConfigMap ours again if an older Job of the same name owned it."""
-        meta = owned["metadata"]
-        current = self._read(CONFIGMAPS, meta["name"])
-        owners = (current.get("metadata") or {}).get("ownerReferences") or ()
-        if any(ref.get("uid") == meta["ownerReferences"][0]["uid"] for ref in owners):
-            return
-        # Owned by a Job that is gone: the garbage collector would delete it under our pod.
-        version = current["metadata"]["resourceVersion"]
-        self._replace(
-            CONFIGMAPS, meta["name"], {**owned, "metadata": {**meta, "resourceVersion": version}}
-        )
-        log.info("task %s: ConfigMap %s now owned by the current Job", task_id, meta["name"])
-
-    def delete(self, task_id: str) -> None:
-        """Delete the task's Job; its pod, Workload and ConfigMap go with it. Absent is fine."""
-        name = jobspec.job_name(task_id)
-        if self._delete(JOBS, name):
-            log.info("task %s: Job %s deleted", task_id, name)
-        elif self._delete(CONFIGMAPS, name):
-            # A submit that stopped between its two creates can leave the ConfigMap alone.
-            log.info("task %s: orphaned ConfigMap %s deleted", task_id, name)
-
     def priority_class_exists(self, name: str) -> bool:
         """Tell whether the Kueue WorkloadPriorityClass ``name`` exists (cluster-scoped GET)."""
         try:
@@ -380,36 +337,6 @@ class KubernetesCluster:
             return ""
         data: bytes = response.data
         return data.decode("utf-8", "replace")
-
-    # -- the watcher's election -------------------------------------------------------------
-
-    def try_lease(self, name: str, identity: str, duration_seconds: float) -> bool:
-        """Acquire or renew the Lease ``name`` for ``identity``; False while another holds it."""
-        try:
-            current: Json | None = self._read(LEASES, name)
-        except k8s_errors.NotFound:
-            current = None
-        seconds = max(1, math.ceil(duration_seconds))  # leaseDurationSeconds is an integer
-        plan = k8s_lease.plan(current, name, identity, seconds, datetime.now(UTC))
-        if plan.body is None:
-            return False
-        try:
-            if plan.action == "create":
-                self._create(LEASES, plan.body)
-            else:
-                self._replace(LEASES, name, plan.body)
-        except (k8s_errors.Conflict, k8s_errors.NotFound):
-            return False  # another candidate wrote first; it holds the lease this round
-        return True
-
-    def release_lease(self, name: str, identity: str) -> None:
-        """Give up the Lease ``name`` if ``identity`` holds it, so a standby takes over at once."""
-        try:
-            body = k8s_lease.released(self._read(LEASES, name), identity, datetime.now(UTC))
-            if body is not None:
-                self._replace(LEASES, name, body)
-        except (k8s_errors.NotFound, k8s_errors.Conflict):
-            pass  # nothing to release, or another candidate has it already
 
     def close(self) -> None:
         """Stop the watch threads and close their connections."""
