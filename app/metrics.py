@@ -63,7 +63,7 @@ EVICTION_REASONS = frozenset(
     }
 )
 #: Why a submission failed: the task cannot become a pod, the cluster refused its Job for good,
-#: or the cluster failed for now (RQ retries the job).
+#: or the cluster still failed after the job's own retries (the watcher's sweep submits again).
 SUBMISSION_FAILURES = ("invalid_task", "refused", "transient")
 
 API_REQUESTS = Counter(

@@ -1,15 +1,19 @@
 """The RQ jobs: submit a task to the cluster, cancel it (design section 6).
 
 Both are idempotent: a Job that exists is a successful submit, a missing one a successful
-delete. Transient cluster errors raise, so RQ retries them; permanent ones end the task in
-SYSTEM_ERROR with the reason in its system logs.
+delete. A transient cluster error is tried again in the job after a growing pause
+(:data:`RETRY_DELAYS`); if it persists the job fails, and the watcher's sweep enqueues the task
+again after ``KUEUE_TES_RESUBMIT_GRACE_SECONDS``. Permanent errors end the task in SYSTEM_ERROR
+with the reason in its system logs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from app.models import State
 from app.store.base import TaskStore
@@ -25,6 +29,22 @@ from worker.watcher import now
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
+T = TypeVar("T")
+
+#: Pauses before each new try of a cluster call that failed transiently (seconds): an API
+#: server that is restarting, throttling (429) or briefly unreachable gets about 15 s.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _retrying(task_id: str, what: str, call: Callable[[], T]) -> T:
+    """Return ``call()``, tried again after each of RETRY_DELAYS while it fails transiently."""
+    for delay in RETRY_DELAYS:
+        try:
+            return call()
+        except TransientError as exc:
+            log.warning("task %s: %s failed for now (%s); again in %g s", task_id, what, exc, delay)
+            time.sleep(delay)
+    return call()
 
 
 def _end_attempt(store: TaskStore, task_id: str, reason: str) -> None:
@@ -54,23 +74,43 @@ def submit(*task_ids: str) -> str:
     """Create each task's ConfigMap and suspended Job; return what happened (the RQ result).
 
     One RQ job carries the tasks that CreateTask stored together (app.intake). Each task is
-    submitted on its own: a task that fails does not hold back the others, and the job then
-    raises the first failure (a transient one leaves its task QUEUED for the watcher's sweep).
+    submitted on its own: a task that fails does not hold back the others. Those that failed
+    transiently are tried again, together, after each pause of :data:`RETRY_DELAYS`; then the
+    job raises the first failure (a transient one leaves its task QUEUED for the watcher's
+    sweep).
     """
-    if len(task_ids) == 1:
-        return _submit(task_ids[0])
-    outcomes, failures = [], []
-    for task_id in task_ids:
-        try:
-            outcomes.append(f"{task_id}:{_submit(task_id)}")
-        except Exception as exc:
-            log.warning("task %s: submit failed: %s", task_id, exc)
-            outcomes.append(f"{task_id}:error")
-            failures.append(exc)
+    outcomes: dict[str, str] = {}
+    failures: dict[str, Exception] = {}
+    pending = list(dict.fromkeys(task_ids))
+    for delay in (*RETRY_DELAYS, None):
+        for task_id in pending:
+            try:
+                outcomes[task_id] = _submit(task_id)
+                failures.pop(task_id, None)
+            except Exception as exc:
+                outcomes[task_id], failures[task_id] = "error", exc
+        pending = [t for t, why in failures.items() if isinstance(why, TransientError)]
+        if not pending or delay is None:
+            break
+        log.warning(
+            "task %s: submit failed for now (%s); again in %g s",
+            ", ".join(pending), failures[pending[0]], delay,
+        )  # fmt: skip
+        time.sleep(delay)
+    for task_id, why in failures.items():
+        log.warning("task %s: submit failed: %s", task_id, why)
+        if isinstance(why, TransientError):
+            observer.submission_failed("transient")
+    if len(task_ids) == 1 and failures:
+        raise next(iter(failures.values()))
     if failures:
-        failures[0].add_note(f"outcomes of the job's {len(task_ids)} tasks: {' '.join(outcomes)}")
-        raise failures[0]
-    return " ".join(outcomes)
+        first = next(iter(failures.values()))
+        said = " ".join(f"{task_id}:{outcome}" for task_id, outcome in outcomes.items())
+        first.add_note(f"outcomes of the job's {len(task_ids)} tasks: {said}")
+        raise first
+    if len(task_ids) == 1:
+        return outcomes[task_ids[0]]
+    return " ".join(f"{task_id}:{outcome}" for task_id, outcome in outcomes.items())
 
 
 def _submit(task_id: str) -> str:
@@ -107,9 +147,6 @@ def _submit(task_id: str) -> str:
     except PermanentError as exc:
         observer.submission_failed("refused")
         return _fail(ctx.store, task_id, f"the cluster refused the task's Job: {exc}")
-    except TransientError:
-        observer.submission_failed("transient")
-        raise  # RQ retries
     observer.submitted(queue)
     log.info(
         "task %s: Job %s submitted to LocalQueue %s", task_id, jobspec.job_name(task_id), queue
@@ -160,8 +197,9 @@ def cancel(task_id: str) -> str:
         log.info("task %s: cancel skipped, the task is %s", task_id, record.state.value)
         return f"skipped:{record.state.value}"
     if ctx.cluster is not None:
-        ctx.cluster.delete(task_id)
-        if ctx.cluster.exists(task_id):
+        cluster = ctx.cluster
+        _retrying(task_id, "cancel", lambda: cluster.delete(task_id))
+        if _retrying(task_id, "cancel", lambda: cluster.exists(task_id)):
             return "deleting"  # the watcher sees the pod go and finishes the cancel
     if record.doc.get("logs"):
         _end_attempt(ctx.store, task_id, states.CANCELED_NOTE)

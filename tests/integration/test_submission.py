@@ -41,7 +41,7 @@ from tests.integration.test_kubernetes_cluster import (
     listing,
     status_body,
 )
-from worker import context, jobspec
+from worker import context, jobs, jobspec
 from worker.cluster.kubernetes import KubernetesCluster
 from worker.watcher import Watcher
 
@@ -56,6 +56,7 @@ class World:
     api: MockApi
     cluster: KubernetesCluster
     failing: set[str]  # Job names the API server answers 500 for
+    flaky: dict[str, int]  # Job names the API server answers 503 for, so many more times
 
     def stored(self, count: int) -> list[str]:
         """Store ``count`` QUEUED tasks as CreateTask stores them; return their ids."""
@@ -80,15 +81,24 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, redis_db: str) -> Iterator[World]:
+def world(tmp_path: Path, redis_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     settings = make_settings(tmp_path, redis_url=redis_db, namespace=NS)
     api = MockApi()
     failing: set[str] = set()
+    flaky: dict[str, int] = {}
+    monkeypatch.setattr(jobs, "RETRY_DELAYS", (0.01, 0.01, 0.01))  # the job's own retries
 
     def create_job(request: kmock.Request) -> Any:
         meta = request.data["metadata"]
+        refused = meta["name"] in failing or flaky.get(meta["name"])
+        if refused:
+            # kmock's emulator stores a POSTed object whatever the answer; a refusal stores none.
+            del api.k.objects[kmock.resource("batch", "v1", "jobs"), NS, meta["name"]]
         if meta["name"] in failing:
             return kmock.Response(status=500, payload=status_body(500, "etcd timed out"))
+        if refused:
+            flaky[meta["name"]] -= 1
+            return kmock.Response(status=503, payload=status_body(503, "apiserver restarting"))
         # Always with a status: kmock keeps the last status a callable's Response set.
         created = {**request.data, "metadata": {**meta, "uid": f"uid-{meta['name']}"}}
         return kmock.Response(status=201, payload=created)
@@ -100,7 +110,7 @@ def world(tmp_path: Path, redis_db: str) -> Iterator[World]:
     cluster = KubernetesCluster(client.ApiClient(configuration), NS, request_timeout=5)
     store = SqliteStore(tmp_path / "tasks.db")
     tasks = queue.TaskQueue(settings, queue.connect(settings))
-    yield World(settings, store, tasks, api, cluster, failing)
+    yield World(settings, store, tasks, api, cluster, failing, flaky)
     cluster.close()
     api.stop()
     store.close()
@@ -155,8 +165,6 @@ def test_a_failing_task_does_not_hold_back_its_group(world: World) -> None:
     assert job.get_status() == "failed"
     assert "etcd timed out" in str(job.exc_info) and f"{made[1]}:error" in str(job.exc_info)
     # The failed task stays QUEUED with no Job; the watcher's sweep enqueues it again.
-    # kmock's emulator keeps a POSTed object whatever it answered; a real 500 stored nothing.
-    del world.api.k.objects[kmock.resource("batch", "v1", "jobs"), NS, jobspec.job_name(made[1])]
     world.failing.clear()
     watcher = Watcher(world.store, world.cluster, resubmit=world.tasks.submit, grace_seconds=0)
     watcher.sweep()
@@ -164,6 +172,20 @@ def test_a_failing_task_does_not_hold_back_its_group(world: World) -> None:
     assert world.created(CONFIGMAPS)[-1] == jobspec.job_name(made[1])
     got = world.store.get(made[1])
     assert got is not None and len(got.doc["logs"]) == 1  # the same attempt, not a second
+
+
+def test_a_transient_failure_is_tried_again_by_the_same_job(world: World) -> None:
+    made = world.stored(3)
+    world.flaky[jobspec.job_name(made[1])] = 2  # a restarting API server: two 503s, then fine
+    world.tasks.submit_many(made)
+    world.work()
+    names = [jobspec.job_name(task_id) for task_id in made]
+    assert sorted(world.created(CONFIGMAPS)) == sorted(names)
+    job = the_job(world, made)
+    assert job.get_status() == "finished"
+    assert job.return_value() == " ".join(f"{task_id}:submitted" for task_id in made)
+    # The others did not wait for the flaky one: it was tried again after them.
+    assert world.created(CONFIGMAPS)[-1] == names[1]
 
 
 def test_a_group_skips_tasks_no_longer_queued_and_finds_existing_objects(world: World) -> None:
@@ -195,3 +217,24 @@ def test_a_burst_worker_with_nothing_to_do_stops_at_once(tmp_path: Path, redis_d
     code += "queue.run_worker(s, queue.connect(s), burst=True)"
     for _ in range(2):
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=30)
+
+
+def test_a_cancel_that_fails_for_a_moment_is_tried_again(world: World) -> None:
+    [task_id] = world.stored(1)
+    name = jobspec.job_name(task_id)
+    world.api.k.objects[kmock.resource("batch", "v1", "jobs"), NS, name] = job(task_id, "u")
+    refusals = [503]
+
+    def delete_job(request: kmock.Request) -> Any:
+        if refusals:
+            return kmock.Response(status=refusals.pop(), payload=status_body(503, "restarting"))
+        return kmock.Response(status=200, payload={"kind": "Status", "status": "Success"})
+
+    world.api.k[f"delete {JOBS}/{name}"] << delete_job
+    assert world.store.transition(task_id, State.CANCELING)
+    world.tasks.cancel(task_id)
+    world.work()
+    tried = [r.url.path for r in world.api.requests("DELETE") if r.url.path.startswith(JOBS)]
+    assert tried == [f"{JOBS}/{name}"] * 2  # refused once, then done
+    connection = redis.Redis.from_url(str(world.settings.redis_url))
+    assert Job.fetch(f"cancel-{task_id}", connection=connection).get_status() == "finished"

@@ -107,8 +107,14 @@ def _queued(store: SqliteStore, **resources: Any) -> str:
     ],
 )
 def test_submission_failures_are_counted_by_reason(
-    store: SqliteStore, tmp_path: Path, error: Exception, reason: str, result: str | None
+    store: SqliteStore,
+    tmp_path: Path,
+    error: Exception,
+    reason: str,
+    result: str | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(jobs, "RETRY_DELAYS", (0.01, 0.01))  # counted once, after the last try
     settings = make_settings(tmp_path)
     context.install(context.Context(settings, store, _Refusing(error)))  # type: ignore[arg-type]
     task_id = _queued(store)
