@@ -89,14 +89,7 @@ class _Holder:
     pid: int = field(default_factory=os.getpid)
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise StoreError(f"{what}: it already exists") from exc
-    except sqlite3.Error as exc:
-        raise StoreError(f"{what}: {exc}") from exc
+_translated = sqlite_queues.translated
 
 
 def _dumps(value: Any) -> str:

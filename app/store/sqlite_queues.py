@@ -118,12 +118,12 @@ class QueueQueries:
 
     def counts(self: _Store) -> dict[tuple[str, State], int]:
         """Return how many tasks each (LocalQueue, state) holds: a few rows, kept by triggers."""
-        with _translated("cannot count tasks"):
+        with translated("cannot count tasks"):
             return _counts(self._db())
 
     def queues(self: _Store, finished_after: float) -> list[QueueStats]:
         """Return every LocalQueue's counts, recent ends and longest wait, from indexes."""
-        with _translated("cannot summarise the queues"):
+        with translated("cannot summarise the queues"):
             db = self._db()
             by_queue: dict[str, dict[State, int]] = {}
             for (queue, state), n in _counts(db).items():
@@ -155,8 +155,11 @@ def _counts(db: sqlite3.Connection) -> dict[tuple[str, State], int]:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
+    """Turn SQLite's errors into StoreError, saying ``what`` failed (the whole store's rule)."""
     try:
         yield
+    except sqlite3.IntegrityError as exc:
+        raise StoreError(f"{what}: it already exists") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"{what}: {exc}") from exc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +173,18 @@ def _latency_row(
     )
 
 
+@contextmanager
+def seeded_server(work: Path, workers: int, db: Path) -> Iterator[tuple[int, str]]:
+    """Serve the seeded store ``db`` as `kueue-tes api`; yield (port, a COMPLETE task's path)."""
+    with redis_server(work) as redis_url:
+        env = _env(work, redis_url, workers) | {"KUEUE_TES_SQLITE_PATH": str(db)}
+        with gunicorn_server("tes", work, env, SERVICE_INFO) as port:
+            status, page = request(port, "GET", f"{TASKS}?state=COMPLETE&page_size=1")
+            if status != 200 or not page.get("tasks"):
+                raise RuntimeError(f"cannot find a seeded task: HTTP {status}: {page}")
+            yield port, f"{TASKS}/{page['tasks'][0]['id']}"
+
+
 def listing(workers: int, max_seconds: float) -> list[Row]:
     """ListTasks latency over 100,000 tasks, per filter and view, against GetTask MINIMAL.
 
@@ -181,29 +195,23 @@ def listing(workers: int, max_seconds: float) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="kueue-tes-bench-") as tmp:
         work = Path(tmp)
         db = seed.seeded_db(work / "data" / "tasks.db")
-        with redis_server(work) as redis_url:
-            env = _env(work, redis_url, workers) | {"KUEUE_TES_SQLITE_PATH": str(db)}
-            with gunicorn_server("tes", work, env, SERVICE_INFO) as port:
-                status, page = request(port, "GET", f"{TASKS}?state=COMPLETE&page_size=1")
-                if status != 200 or not page.get("tasks"):
-                    raise RuntimeError(f"cannot find a seeded task: HTTP {status}: {page}")
-                task = f"{TASKS}/{page['tasks'][0]['id']}"
-                note("latency: GetTask")
-                [get] = latency(port, task, max_seconds=max_seconds)
-                basic, ref = latency(port, f"{task}?view=BASIC", task, max_seconds=max_seconds)
-                rows = [
-                    Row("GetTask MINIMAL (alone)", _ms(get)),
-                    _latency_row("GetTask BASIC", basic, ref, targeted=False),
-                ]
-                for flt in FILTERS:
-                    matching = flt.count(specs)
-                    for view in ("MINIMAL", "BASIC"):
-                        note(f"latency: ListTasks {view} {flt.label}")
-                        lat, ref = latency(port, flt.path(view), task, max_seconds=max_seconds)
-                        returned = len(lat.body.get("tasks", []))
-                        right = returned == min(PAGE_SIZE, matching)
-                        name = f"ListTasks {view:<7} {flt.label} [{matching:,}]"
-                        if not right:
-                            name += f" WRONG PAGE: {returned} tasks"
-                        rows.append(_latency_row(name, lat, ref, ok=right))
+        with seeded_server(work, workers, db) as (port, task):
+            note("latency: GetTask")
+            [get] = latency(port, task, max_seconds=max_seconds)
+            basic, ref = latency(port, f"{task}?view=BASIC", task, max_seconds=max_seconds)
+            rows = [
+                Row("GetTask MINIMAL (alone)", _ms(get)),
+                _latency_row("GetTask BASIC", basic, ref, targeted=False),
+            ]
+            for flt in FILTERS:
+                matching = flt.count(specs)
+                for view in ("MINIMAL", "BASIC"):
+                    note(f"latency: ListTasks {view} {flt.label}")
+                    lat, ref = latency(port, flt.path(view), task, max_seconds=max_seconds)
+                    returned = len(lat.body.get("tasks", []))
+                    right = returned == min(PAGE_SIZE, matching)
+                    name = f"ListTasks {view:<7} {flt.label} [{matching:,}]"
+                    if not right:
+                        name += f" WRONG PAGE: {returned} tasks"
+                    rows.append(_latency_row(name, lat, ref, ok=right))
     return rows

@@ -184,32 +184,26 @@ def pages(workers: int, max_seconds: float) -> list[Row]:
         work = Path(tmp)
         db = seed.seeded_db(work / "data" / "tasks.db")
         rows = _in_process(db)
-        with redis_server(work) as redis_url:
-            env = api._env(work, redis_url, workers) | {"KUEUE_TES_SQLITE_PATH": str(db)}
-            with gunicorn_server("tes", work, env, api.SERVICE_INFO) as port:
-                status, page = request(port, "GET", f"{TASKS}?state=COMPLETE&page_size=1")
-                if status != 200 or not page.get("tasks"):
-                    raise RuntimeError(f"cannot find a seeded task: HTTP {status}: {page}")
-                task = f"{TASKS}/{page['tasks'][0]['id']}"
-                note("pages: GetTask")
-                for view in ("BASIC", "FULL"):
-                    lat, ref = latency(port, f"{task}?view={view}", task, max_seconds=max_seconds)
-                    rows.append(_page_row(f"GetTask {view}", lat, ref, targeted=False))
-                for label, view, query in PAGES:
-                    note(f"pages: ListTasks {view} {label}")
-                    path = f"{TASKS}?view={view}" + (f"&{query}" if query else "")
-                    lat, ref = latency(port, path, task, max_seconds=max_seconds)
-                    flt = dict(urllib.parse.parse_qsl(query))
-                    tags = {flt["tag_key"]: flt["tag_value"]} if "tag_key" in flt else {}
-                    matching = sum(
-                        seed.matches(s, flt.get("name_prefix", ""), flt.get("state", ""), tags)
-                        for s in specs
-                    )
-                    right = len(lat.body.get("tasks", [])) == min(api.PAGE_SIZE, matching)
-                    name = f"ListTasks {view:<7} {label} [{matching:,}]"
-                    if not right:
-                        name += " WRONG PAGE"
-                    rows.append(_page_row(name, lat, ref, targeted=view != "MINIMAL", ok=right))
+        with api.seeded_server(work, workers, db) as (port, task):
+            note("pages: GetTask")
+            for view in ("BASIC", "FULL"):
+                lat, ref = latency(port, f"{task}?view={view}", task, max_seconds=max_seconds)
+                rows.append(_page_row(f"GetTask {view}", lat, ref, targeted=False))
+            for label, view, query in PAGES:
+                note(f"pages: ListTasks {view} {label}")
+                path = f"{TASKS}?view={view}" + (f"&{query}" if query else "")
+                lat, ref = latency(port, path, task, max_seconds=max_seconds)
+                flt = dict(urllib.parse.parse_qsl(query))
+                tags = {flt["tag_key"]: flt["tag_value"]} if "tag_key" in flt else {}
+                matching = sum(
+                    seed.matches(s, flt.get("name_prefix", ""), flt.get("state", ""), tags)
+                    for s in specs
+                )
+                right = len(lat.body.get("tasks", [])) == min(api.PAGE_SIZE, matching)
+                name = f"ListTasks {view:<7} {label} [{matching:,}]"
+                if not right:
+                    name += " WRONG PAGE"
+                rows.append(_page_row(name, lat, ref, targeted=view != "MINIMAL", ok=right))
     return rows
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.benchmarks import seed
-from tests.benchmarks.api import CREATE_BODY, SERVICE_INFO, TASKS, _env
+from tests.benchmarks.api import CREATE_BODY, SERVICE_INFO, TASKS, _env, seeded_server
 from tests.benchmarks.harness import (
     HOST,
     Load,
@@ -109,31 +109,26 @@ def scrape(workers: int, count: int = 100) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="kueue-tes-bench-") as tmp:
         work = Path(tmp)
         db = seed.seeded_db(work / "data" / "tasks.db")
-        with redis_server(work) as redis_url:
-            env = _env(work, redis_url, workers) | {"KUEUE_TES_SQLITE_PATH": str(db)}
-            with gunicorn_server("tes", work, env, SERVICE_INFO) as port:
-                status, page = request(port, "GET", f"{TASKS}?page_size=1")
-                if status != 200 or not page.get("tasks"):
-                    raise RuntimeError(f"cannot find a seeded task: HTTP {status}: {page}")
-                [get] = latency(port, f"{TASKS}/{page['tasks'][0]['id']}")
-                conn = http.client.HTTPConnection(HOST, port, timeout=30)
-                samples = []
-                try:
-                    for i in range(count + 10):
-                        start = time.perf_counter()
-                        conn.request("GET", "/metrics")
-                        body = conn.getresponse().read()
-                        if i >= 10:  # the first ones warm up
-                            samples.append(time.perf_counter() - start)
-                finally:
-                    conn.close()
-                total = sum(
-                    float(line.rsplit(" ", 1)[1])
-                    for line in body.decode().splitlines()
-                    if line.startswith("kueue_tes_tasks{")
-                )
-                if int(total) != seed.TASKS:
-                    raise RuntimeError(f"kueue_tes_tasks sums to {total}, not {seed.TASKS}")
+        with seeded_server(work, workers, db) as (port, task):
+            [get] = latency(port, task)
+            conn = http.client.HTTPConnection(HOST, port, timeout=30)
+            samples = []
+            try:
+                for i in range(count + 10):
+                    start = time.perf_counter()
+                    conn.request("GET", "/metrics")
+                    body = conn.getresponse().read()
+                    if i >= 10:  # the first ones warm up
+                        samples.append(time.perf_counter() - start)
+            finally:
+                conn.close()
+            total = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in body.decode().splitlines()
+                if line.startswith("kueue_tes_tasks{")
+            )
+            if int(total) != seed.TASKS:
+                raise RuntimeError(f"kueue_tes_tasks sums to {total}, not {seed.TASKS}")
     median = statistics.median(samples)
     ratio = median / get.median
     return [
